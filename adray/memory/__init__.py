@@ -1,0 +1,1 @@
+"""adray.memory"""

@@ -1,0 +1,341 @@
+"""One storage layer for every job: URL -> filesystem + path, atomic writes, bounded retries.
+
+Local paths and ``file://`` are the embedded default. ``s3://`` goes through s3fs (fsspec) and, where a
+pyarrow filesystem is wanted (Ray Data readers/writers, Ray Train storage), through pyarrow's
+``S3FileSystem``. Endpoint, region and credentials come from the standard AWS environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), with ``ADRAY_S3_ENDPOINT`` as an
+explicit override (for MinIO, moto or any S3-compatible store). Any other installed fsspec protocol works
+through fsspec. Credentials never appear in logs or error messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import fsspec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Errors worth retrying: network hiccups, throttling and 5xx answers from object stores.
+_TRANSIENT_MARKERS = (
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "Throttl",
+    "503",
+    "500",
+    "Connection reset",
+    "Connection aborted",
+    "timed out",
+    "Temporary failure",
+)
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed in a way the user must fix (bad URL, missing credentials, ...)."""
+
+
+class TransientStorageError(StorageError):
+    """A storage operation failed in a way that may succeed when retried."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URL: the fsspec filesystem, the path inside it and the protocol."""
+
+    fs: fsspec.AbstractFileSystem
+    path: str
+    protocol: str  # "file", "s3", or another fsspec protocol
+
+    def url(self, path: str | None = None) -> str:
+        """The URL of ``path`` (default: this location) in this filesystem."""
+        p = self.path if path is None else path
+        return p if self.protocol == "file" else f"{self.protocol}://{p}"
+
+    def join(self, *parts: str) -> Location:
+        return Location(self.fs, join_path(self.path, *parts), self.protocol)
+
+
+def join_path(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for p in parts:
+        p = p.strip("/")
+        if p:
+            out = f"{out}/{p}" if out else p
+    return out
+
+
+def join_url(base: str, *parts: str) -> str:
+    """Join URL parts with '/', keeping the scheme of ``base``."""
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        return join_path(base, *parts)
+    return f"{scheme}://{join_path(rest, *parts)}"
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint override from ``ADRAY_S3_ENDPOINT`` or the standard AWS variables, if any."""
+    for var in ("ADRAY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def s3_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+@functools.lru_cache(maxsize=16)
+def _s3fs(endpoint: str | None, region: str) -> fsspec.AbstractFileSystem:
+    try:
+        import s3fs
+    except ImportError as e:  # pragma: no cover - s3fs is a hard dependency
+        raise StorageError("s3:// URLs need the s3fs package: pip install s3fs") from e
+    client_kwargs: dict[str, Any] = {"region_name": region}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    # Many S3-compatible stores reject botocore's default flexible checksums; only send them when required.
+    config_kwargs = {
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        "retries": {"max_attempts": 5, "mode": "standard"},
+    }
+    return s3fs.S3FileSystem(
+        client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True
+    )
+
+
+def resolve(url: str) -> Location:
+    """Turn a URL (or local path) into a :class:`Location`.
+
+    >>> resolve("/tmp/data").protocol
+    'file'
+    """
+    if not isinstance(url, str) or not url:
+        raise StorageError(f"expected a storage URL or path, got {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme == "file":
+        path = rest if sep else url
+        return Location(fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path)), "file")
+    scheme = scheme.lower()
+    if scheme in ("s3", "s3a"):
+        if not rest or rest.startswith("/"):
+            raise StorageError(f"S3 URL {url!r} has no bucket; write it as s3://BUCKET/PREFIX")
+        return Location(_s3fs(s3_endpoint(), s3_region()), rest.rstrip("/"), "s3")
+    try:
+        fs = fsspec.filesystem(scheme)
+    except (ValueError, ImportError) as e:
+        known = ", ".join(sorted({"file", "s3", *fsspec.available_protocols()})[:20])
+        raise StorageError(
+            f"unknown or unavailable storage scheme {scheme!r} in {url!r}. Use a local path, file://, "
+            f"s3://BUCKET/PREFIX, or install the fsspec package for {scheme!r} (known here: {known}, ...)"
+        ) from e
+    return Location(fs, rest.rstrip("/"), scheme)
+
+
+def pyarrow_filesystem(url: str) -> tuple[Any, str]:
+    """A ``pyarrow.fs.FileSystem`` and path for ``url`` (for Ray Data and Ray Train storage).
+
+    S3 uses pyarrow's native ``S3FileSystem`` with the same endpoint/region resolution as :func:`resolve`
+    (pyarrow ignores ``AWS_ENDPOINT_URL``, so the endpoint is passed explicitly).
+    """
+    import pyarrow.fs as pafs
+
+    loc = resolve(url)
+    if loc.protocol == "file":
+        return pafs.LocalFileSystem(), loc.path
+    if loc.protocol == "s3":
+        kwargs: dict[str, Any] = {"region": s3_region()}
+        endpoint = s3_endpoint()
+        if endpoint:
+            scheme, _, hostport = endpoint.partition("://")
+            kwargs["endpoint_override"] = hostport or scheme
+            kwargs["scheme"] = scheme if hostport else "https"
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=5)
+        return pafs.S3FileSystem(**kwargs), loc.path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(loc.fs)), loc.path
+
+
+# ---------------------------------------------------------------------------------------------- retries
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientStorageError):
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    return any(m in text for m in _TRANSIENT_MARKERS)
+
+
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 4,
+    base_delay: float = 0.2,
+    max_delay: float = 5.0,
+) -> T:
+    """Call ``fn`` with bounded retries and jittered exponential backoff on transient errors."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if attempt == attempts or not is_transient(e):
+                raise
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("transient error on %s (attempt %d/%d): %s", what, attempt, attempts, _redact(e))
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _redact(exc: BaseException) -> str:
+    text = str(exc)
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        secret = os.environ.get(var)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _friendly(exc: BaseException, url: str) -> BaseException:
+    """Map credential problems to an error that says what to do (never echoing secrets)."""
+    name = type(exc).__name__
+    text = str(exc)
+    if name in ("NoCredentialsError", "PartialCredentialsError") or "Unable to locate credentials" in text:
+        return StorageError(
+            f"no credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an "
+            "instance/IRSA role); for a non-AWS store also set ADRAY_S3_ENDPOINT"
+        )
+    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text:
+        return StorageError(f"access to {url} was refused ({name}); check the credentials and bucket policy")
+    return exc
+
+
+# ------------------------------------------------------------------------------------------ operations
+
+
+def read_bytes(url: str) -> bytes:
+    """Read a whole object. Raises FileNotFoundError for a missing object."""
+    loc = resolve(url)
+    try:
+        return with_retries(lambda: loc.fs.cat_file(loc.path), what=f"read {url}")
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise _friendly(e, url) from e
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write an object atomically: temp file + rename locally, a single PUT on object stores."""
+    loc = resolve(url)
+
+    def _write() -> None:
+        if loc.protocol == "file":
+            parent = os.path.dirname(loc.path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, loc.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            # pipe_file is one PUT for objects below the multipart threshold (S3 PUTs are atomic).
+            loc.fs.pipe_file(loc.path, data)
+
+    try:
+        with_retries(_write, what=f"write {url}")
+    except Exception as e:
+        raise _friendly(e, url) from e
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def exists(url: str) -> bool:
+    loc = resolve(url)
+    try:
+        return bool(with_retries(lambda: loc.fs.exists(loc.path), what=f"exists {url}"))
+    except Exception as e:
+        raise _friendly(e, url) from e
+
+
+def info(url: str) -> dict[str, Any]:
+    loc = resolve(url)
+    return with_retries(lambda: loc.fs.info(loc.path), what=f"info {url}")
+
+
+def makedirs(url: str) -> None:
+    loc = resolve(url)
+    if loc.protocol == "file":
+        os.makedirs(loc.path, exist_ok=True)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    loc = resolve(url)
+    if loc.fs.exists(loc.path):
+        loc.fs.rm(loc.path, recursive=recursive)
+
+
+def walk_files(url: str, *, detail: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Stream ``(url, info)`` for every file under ``url``, one directory at a time.
+
+    Uses ``fs.walk`` so that only one directory listing is held in memory at a time (S3 prefixes are
+    listed with delimiter '/', page by page). Hidden files and folders (``.DS_Store``, ``.git``) and
+    ``__MACOSX`` are skipped.
+    """
+    loc = resolve(url)
+    try:
+        walker = loc.fs.walk(loc.path, detail=True)
+        for root, dirs, files in walker:
+            if isinstance(dirs, dict):
+                for d in [d for d in dirs if _hidden(d)]:
+                    del dirs[d]
+            for name in sorted(files):
+                if _hidden(name):
+                    continue
+                meta = files[name] if isinstance(files, dict) else {}
+                yield loc.url(join_path(root, name)), meta
+    except Exception as e:
+        raise _friendly(e, url) from e
+
+
+def _hidden(name: str) -> bool:
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return base.startswith(".") or base.startswith("__MACOSX") or base in ("Thumbs.db", "desktop.ini")
+
+
+def content_token(meta: dict[str, Any]) -> str:
+    """A token that changes when an object's content changes: version id, else ETag, else size + mtime."""
+    for key in ("VersionId", "version_id"):
+        if meta.get(key):
+            return f"v:{meta[key]}"
+    for key in ("ETag", "etag"):
+        if meta.get(key):
+            return f"e:{str(meta[key]).strip(chr(34))}"
+    size = meta.get("size", meta.get("Size"))
+    mtime = meta.get("mtime", meta.get("LastModified", meta.get("created")))
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"s:{size}:{mtime}"
