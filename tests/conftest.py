@@ -67,7 +67,8 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):
+    # Depends on s3_server so that Ray's workers inherit the S3 endpoint and credentials at ray.init().
     import ray
 
     if not ray.is_initialized():
