@@ -1,0 +1,104 @@
+"""`adray benchmark NAME` / `python jobs/benchmark.py NAME`: the project's speed figures.
+
+Each benchmark lives in ``adray.bench.<module>`` with ``add_arguments(parser)`` and ``run(args) -> dict``
+(``{"name": ..., "rows": [{...}], "notes": [...]}``). ``all`` runs every benchmark with its defaults and
+prints one table; ``--json PATH`` also writes the results as JSON (local path or storage URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+
+from adray import storage
+
+#: benchmark name -> module under adray.bench
+BENCHMARKS: dict[str, str] = {
+    "winclip": "winclip",
+    "pipeline": "pipeline",
+    "bgad-fit": "bgad_fit",
+    "m3dm": "m3dm",
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"adray.bench.{BENCHMARKS[name]}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
+    for name in BENCHMARKS:
+        p = sub.add_parser(name, help=f"the {name} benchmark")
+        try:
+            _module(name).add_arguments(p)
+        except ImportError as e:  # a benchmark whose room has not landed yet
+            p.set_defaults(_unavailable=str(e))
+        p.add_argument("--json", default=None, help="also write the results as JSON to this path/URL")
+    p = sub.add_parser("all", help="run every benchmark with its defaults and print one table")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this path/URL")
+    p.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+
+
+def _defaults(name: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    _module(name).add_arguments(p)
+    return p.parse_args([])
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpus": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        env["device"] = torch.cuda.get_device_name(0)
+    else:
+        env["device"] = f"cpu ({platform.processor() or platform.machine()})"
+    return env
+
+
+def format_rows(result: dict) -> str:
+    rows = result.get("rows", [])
+    if not rows:
+        return f"[{result.get('name')}] no rows"
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = [f"== {result.get('name')} =="]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    results = []
+    if args.benchmark == "all":
+        skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+        for name in BENCHMARKS:
+            if name in skip:
+                continue
+            t0 = time.perf_counter()
+            res = _module(name).run(_defaults(name))
+            res.setdefault("notes", []).append(f"wall time {time.perf_counter() - t0:.1f}s")
+            results.append(res)
+        print("\n\n".join(format_rows(r) for r in results))
+    else:
+        if getattr(args, "_unavailable", None):
+            raise SystemExit(f"benchmark {args.benchmark!r} is unavailable here: {args._unavailable}")
+        results.append(_module(args.benchmark).run(args))
+    env = environment()
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    if args.json:
+        storage.write_text(args.json, json.dumps({"environment": env, "results": results}, indent=2, default=str))
+    return 0
