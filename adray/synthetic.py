@@ -1,0 +1,477 @@
+"""Synthetic MVTec AD / MVTec 3D-AD datasets with typed defects and pixel-accurate masks.
+
+Procedural, seeded and deterministic: the same seed gives byte-identical files. Each item is rendered from
+its own seed derived from ``(seed, category, split, defect, index)``, so changing one count does not
+change any other item. An item draws a *base* seed (the defect-free render) and a *defect* seed from its
+generator, so ``make_rgb_sample(c, "good", n, rng)`` and ``make_rgb_sample(c, "scratch", n, rng)`` with
+equally seeded ``rng`` share the same defect-free render: the defect changes pixels only inside its mask.
+
+2D categories (MVTec AD layout): textures ``carpet``, ``grid``, ``leather``; objects ``bottle`` (disc),
+``nut`` (hexagon with a bore). Defects: ``scratch``, ``hole``, ``stain``, and ``missing`` (objects only).
+
+3D categories (MVTec 3D-AD layout): ``cookie`` (flattened dome), ``potato`` (elliptic blob), on a tilted
+background plane (so RANSAC plane removal is meaningful), as an organised float32 point cloud in mm with
+missing points (zeros) along the border and in a few small holes. Defects: ``dent`` and ``bump`` (xyz and
+rgb shading), ``dent_3d_only`` and ``bump_3d_only`` (xyz only; rgb equals the defect-free render),
+``crack`` (rgb line + shallow xyz groove) and ``color`` (rgb only). Ground-truth masks mark all of them.
+
+Images are always 3-channel RGB (real MVTec has a few grayscale categories; ours do not).
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from adray import storage
+
+TEXTURES_2D = ("carpet", "grid", "leather")
+OBJECTS_2D = ("bottle", "nut")
+CATEGORIES_2D = TEXTURES_2D + OBJECTS_2D
+CATEGORIES_3D = ("cookie", "potato")
+DEFECTS_2D = ("scratch", "hole", "stain", "missing")
+DEFECTS_3D = ("dent", "bump", "dent_3d_only", "bump_3d_only", "crack", "color")
+GOOD = "good"
+SCENE_WIDTH_MM = 40.0  # 3D scenes span this width whatever the image size
+
+
+@dataclass
+class SynthSummary:
+    """What a generator wrote: counts per category -> split -> defect type, and every file URL."""
+
+    root: str
+    layout: str
+    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    def add(self, category: str, split: str, defect: str) -> None:
+        per_split = self.counts.setdefault(category, {}).setdefault(split, {})
+        per_split[defect] = per_split.get(defect, 0) + 1
+
+    def to_text(self) -> str:
+        lines = [f"{self.layout} dataset at {self.root}: {self.n_files} files"]
+        for category, splits in self.counts.items():
+            for split, defects in splits.items():
+                parts = ", ".join(f"{d}={n}" for d, n in defects.items())
+                lines.append(f"  {category}/{split}: {parts}")
+        return "\n".join(lines)
+
+
+def defects_for(category: str) -> tuple[str, ...]:
+    """The defect types a category supports (``missing`` needs an object to take a piece from)."""
+    if category in TEXTURES_2D:
+        return DEFECTS_2D[:3]
+    if category in OBJECTS_2D:
+        return DEFECTS_2D
+    if category in CATEGORIES_3D:
+        return DEFECTS_3D
+    raise ValueError(f"unknown synthetic category {category!r}; choose from {CATEGORIES_2D + CATEGORIES_3D}")
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def make_rgb_sample(
+    category: str, defect: str | None, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One 2D item: ``(image uint8 [size, size, 3], mask bool [size, size])``; ``defect`` None/"good"."""
+    if category not in CATEGORIES_2D:
+        raise ValueError(f"unknown 2D category {category!r}; choose from {CATEGORIES_2D}")
+    base_rng, defect_rng = _split_rng(rng)
+    img, fg, background = _RENDER_2D[category](base_rng, _check_size(size))
+    mask = np.zeros((size, size), dtype=bool)
+    if defect not in (None, GOOD):
+        if defect not in defects_for(category):
+            raise ValueError(f"defect {defect!r} does not apply to {category!r}; use {defects_for(category)}")
+        mask = _apply_2d_defect(img, fg, background, defect, defect_rng)
+    return _to_uint8(img), mask
+
+
+def make_xyz_sample(
+    category: str, defect: str | None, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One 3D item: ``(rgb uint8 [H,W,3], xyz float32 [H,W,3] in mm, zeros = missing, mask bool [H,W])``."""
+    if category not in CATEGORIES_3D:
+        raise ValueError(f"unknown 3D category {category!r}; choose from {CATEGORIES_3D}")
+    base_rng, defect_rng = _split_rng(rng)
+    n = _check_size(size)
+    rgb, height, fg, plane_z, missing = _render_3d(category, n, base_rng)
+    mask = np.zeros((n, n), dtype=bool)
+    if defect not in (None, GOOD):
+        if defect not in DEFECTS_3D:
+            raise ValueError(f"unknown 3D defect {defect!r}; choose from {DEFECTS_3D}")
+        mask = _apply_3d_defect(rgb, height, fg, defect, defect_rng)
+    noise = base_rng.standard_normal((n, n)) * 0.01
+    xyz = np.stack([*_xy_mm(n), plane_z - height + noise], axis=-1).astype(np.float32)
+    xyz[missing] = 0.0
+    return _to_uint8(rgb), xyz, mask
+
+
+def generate_mvtec_ad(
+    url: str,
+    *,
+    categories: tuple[str, ...] | list[str] = ("carpet", "bottle"),
+    image_size: int = 128,
+    n_train: int = 8,
+    n_test_good: int = 4,
+    n_test_per_defect: int = 3,
+    defects: tuple[str, ...] | list[str] | None = None,
+    seed: int = 0,
+) -> SynthSummary:
+    """Write an MVTec AD-layout dataset under ``url`` (local path or any storage URL).
+
+    ``<cat>/train/good/000.png``, ``<cat>/test/{good,<defect>}/000.png``,
+    ``<cat>/ground_truth/<defect>/000_mask.png`` (0/255). ``defects`` (default: all that apply) is
+    intersected with what each category supports (``missing`` is skipped for textures).
+    """
+    summary = SynthSummary(root=url, layout="mvtec")
+    for category in categories:
+        kinds = _select_defects(category, defects, CATEGORIES_2D)
+        jobs = [("train", GOOD, i) for i in range(n_train)]
+        jobs += [("test", GOOD, i) for i in range(n_test_good)]
+        jobs += [("test", d, i) for d in kinds for i in range(n_test_per_defect)]
+        for split, defect, i in jobs:
+            rng = _item_rng(seed, category, split, defect, i)
+            image, mask = make_rgb_sample(category, defect, image_size, rng)
+            _put(summary, storage.join_url(url, category, split, defect, f"{i:03d}.png"), _png(image))
+            if defect != GOOD:
+                key = storage.join_url(url, category, "ground_truth", defect, f"{i:03d}_mask.png")
+                _put(summary, key, _png(mask.astype(np.uint8) * 255))
+            summary.add(category, split, defect)
+    return summary
+
+
+def generate_mvtec_3d(
+    url: str,
+    *,
+    categories: tuple[str, ...] | list[str] = ("cookie",),
+    image_size: int = 64,
+    n_train: int = 8,
+    n_validation: int = 4,
+    n_test_good: int = 4,
+    n_test_per_defect: int = 3,
+    defects: tuple[str, ...] | list[str] | None = None,
+    seed: int = 0,
+) -> SynthSummary:
+    """Write an MVTec 3D-AD-layout dataset under ``url``.
+
+    ``<cat>/{train,validation,test}/<defect|good>/{rgb/000.png, xyz/000.tiff, gt/000.png}``; xyz is a
+    float32 ``[H, W, 3]`` TIFF (tifffile), gt a 0/255 PNG (all zero for good items, as in MVTec 3D-AD).
+    """
+    summary = SynthSummary(root=url, layout="mvtec3d")
+    for category in categories:
+        kinds = _select_defects(category, defects, CATEGORIES_3D)
+        jobs = [("train", GOOD, i) for i in range(n_train)]
+        jobs += [("validation", GOOD, i) for i in range(n_validation)]
+        jobs += [("test", GOOD, i) for i in range(n_test_good)]
+        jobs += [("test", d, i) for d in kinds for i in range(n_test_per_defect)]
+        for split, defect, i in jobs:
+            rng = _item_rng(seed, category, split, defect, i)
+            rgb, xyz, mask = make_xyz_sample(category, defect, image_size, rng)
+            folder = storage.join_url(url, category, split, defect)
+            _put(summary, storage.join_url(folder, "rgb", f"{i:03d}.png"), _png(rgb))
+            _put(summary, storage.join_url(folder, "xyz", f"{i:03d}.tiff"), _tiff(xyz))
+            _put(summary, storage.join_url(folder, "gt", f"{i:03d}.png"), _png(mask.astype(np.uint8) * 255))
+            summary.add(category, split, defect)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+
+
+def _check_size(size: int) -> int:
+    if int(size) < 16:
+        raise ValueError(f"synthetic image size must be at least 16 pixels, got {size}")
+    return int(size)
+
+
+def _split_rng(rng: np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
+    base_seed, defect_seed = rng.integers(0, 2**63 - 1, size=2)
+    return np.random.default_rng(int(base_seed)), np.random.default_rng(int(defect_seed))
+
+
+def _item_rng(seed: int, category: str, split: str, defect: str, index: int) -> np.random.Generator:
+    words = [zlib.crc32(s.encode()) for s in (category, split, defect)]
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words, int(index)]))
+
+
+def _select_defects(category: str, wanted, known: tuple[str, ...]) -> tuple[str, ...]:
+    if category not in known:
+        raise ValueError(f"unknown category {category!r} for this layout; choose from {known}")
+    supported = defects_for(category)
+    if wanted is None:
+        return supported
+    unknown = [d for d in wanted if d not in DEFECTS_2D + DEFECTS_3D]
+    if unknown:
+        raise ValueError(f"unknown defect types {unknown}; 2D: {DEFECTS_2D}, 3D: {DEFECTS_3D}")
+    return tuple(d for d in wanted if d in supported)
+
+
+def _put(summary: SynthSummary, url: str, data: bytes) -> None:
+    storage.write_bytes(url, data)
+    summary.files.append(url)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tiff(xyz: np.ndarray) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, xyz)
+    return buf.getvalue()
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ 2D rendering
+
+
+def _coords(n: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:n, 0:n]
+    return yy.astype(np.float64), xx.astype(np.float64)
+
+
+def _noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    """Smooth noise with unit standard deviation (wrap-around, so textures have no border seam)."""
+    field_ = ndimage.gaussian_filter(rng.standard_normal((n, n)), sigma, mode="wrap")
+    return field_ / (field_.std() + 1e-12)
+
+
+def _tint(lum: np.ndarray, color) -> np.ndarray:
+    return lum[..., None] * np.asarray(color, dtype=np.float64)[None, None, :]
+
+
+def _render_carpet(rng, n):
+    yy, xx = _coords(n)
+    period = max(4.0, n / 20)
+    px, py = rng.uniform(0, period, 2)
+    weave = np.sin(2 * np.pi * (xx + px) / period) * np.sin(2 * np.pi * (yy + py) / period)
+    lum = 1 + 0.12 * weave + 0.07 * _noise(rng, n, 0.8) + 0.04 * _noise(rng, n, n / 16)
+    return _tint(lum, np.array([150, 75, 62]) * rng.uniform(0.97, 1.03)), np.ones((n, n), bool), None
+
+
+def _render_grid(rng, n):
+    yy, xx = _coords(n)
+    period = max(5.0, n / 10)
+    px, py = rng.uniform(0, period, 2)
+    dist = np.minimum(_line_dist(xx + px, period), _line_dist(yy + py, period))
+    lum = 165 + 6 * _noise(rng, n, 1.0) - 105 * np.clip(1.6 - dist, 0, 1)
+    return _tint(lum / 165, [165, 162, 158]), np.ones((n, n), bool), None
+
+
+def _line_dist(coord: np.ndarray, period: float) -> np.ndarray:
+    phase = np.mod(coord, period)
+    return np.minimum(phase, period - phase)
+
+
+def _render_leather(rng, n):
+    creases = _noise(rng, n, max(1.5, n / 64)) > 1.7
+    lum = 1 + 0.10 * _noise(rng, n, n / 24) + 0.06 * _noise(rng, n, 1.0) - 0.15 * creases
+    return _tint(lum, np.array([125, 82, 52]) * rng.uniform(0.97, 1.03)), np.ones((n, n), bool), None
+
+
+def _render_bottle(rng, n):
+    yy, xx = _coords(n)
+    background = _tint(30 + 4 * _noise(rng, n, 1.0), [1.0, 1.0, 1.0])
+    cy, cx = n / 2 + rng.uniform(-0.03, 0.03, 2) * n
+    radius = 0.40 * n * rng.uniform(0.98, 1.02)
+    r = np.hypot(yy - cy, xx - cx) / radius
+    fg = r <= 1.0
+    lum = 85 + 45 * (1 - r) + 22 * np.cos(2 * np.pi * 3 * r) + 40 * (r > 0.88) + 5 * _noise(rng, n, 1.5)
+    img = np.where(fg[..., None], _tint(lum, [0.82, 0.72, 0.55]), background)
+    return img, fg, background
+
+
+def _render_nut(rng, n):
+    yy, xx = _coords(n)
+    background = _tint(200 + 5 * _noise(rng, n, 1.0), [1.0, 1.0, 1.0])
+    cy, cx = n / 2 + rng.uniform(-0.03, 0.03, 2) * n
+    theta = rng.uniform(0, np.pi / 3)
+    apothem = 0.34 * n
+    hexagon = np.ones((n, n), bool)
+    for k in range(3):
+        a = theta + k * np.pi / 3
+        hexagon &= np.abs((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) <= apothem
+    r = np.hypot(yy - cy, xx - cx)
+    fg = hexagon & (r > 0.15 * n)
+    threads = 18 * np.cos(2 * np.pi * r / max(2.5, n / 40)) * (r < 0.21 * n)
+    lum = 120 + 45 * ((xx - yy) / n) + 10 * _noise(rng, n, 2.0) + threads
+    img = np.where(fg[..., None], _tint(lum, [0.95, 0.97, 1.0]), background)
+    return img, fg, background
+
+
+_RENDER_2D: dict[str, Callable] = {
+    "carpet": _render_carpet,
+    "grid": _render_grid,
+    "leather": _render_leather,
+    "bottle": _render_bottle,
+    "nut": _render_nut,
+}
+
+
+# ------------------------------------------------------------------------------------------ 2D defects
+
+
+def _pick_center(rng: np.random.Generator, allowed: np.ndarray) -> tuple[float, float]:
+    idx = np.flatnonzero(allowed)
+    if idx.size == 0:
+        raise ValueError("no room for a defect at this image size; use a larger size")
+    y, x = np.unravel_index(idx[rng.integers(idx.size)], allowed.shape)
+    return float(y), float(x)
+
+
+def _interior(fg: np.ndarray, margin: int) -> np.ndarray:
+    inner = np.zeros_like(fg)
+    inner[margin:-margin, margin:-margin] = True
+    eroded = ndimage.binary_erosion(fg, iterations=margin) if not fg.all() else fg
+    return inner & eroded
+
+
+def _disc(n: int, cy: float, cx: float, radius: float) -> np.ndarray:
+    yy, xx = _coords(n)
+    return np.hypot(yy - cy, xx - cx) <= radius
+
+
+def _curve(rng, n: int, allowed: np.ndarray, length: float, width: int) -> np.ndarray:
+    """A slightly bent line (quadratic Bezier) through a point of ``allowed``, rasterised ``width`` wide."""
+    cy, cx = _pick_center(rng, allowed)
+    angle = rng.uniform(0, np.pi)
+    d = np.array([np.sin(angle), np.cos(angle)]) * length / 2
+    bend = np.array([-d[1], d[0]]) * rng.uniform(-0.3, 0.3)
+    p0, p1, p2 = np.array([cy, cx]) - d, np.array([cy, cx]) + bend, np.array([cy, cx]) + d
+    t = np.linspace(0, 1, int(4 * length) + 2)[:, None]
+    pts = np.rint((1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2).astype(int)
+    pts = pts[(pts >= 0).all(1) & (pts < n).all(1)]
+    line = np.zeros((n, n), bool)
+    line[pts[:, 0], pts[:, 1]] = True
+    return ndimage.binary_dilation(line, iterations=width - 1) if width > 1 else line
+
+
+def _blob(rng, n: int, allowed: np.ndarray, radius: float) -> np.ndarray:
+    """An irregular blob: a noisy ellipse around a point of ``allowed``."""
+    cy, cx = _pick_center(rng, allowed)
+    yy, xx = _coords(n)
+    ry, rx = radius * rng.uniform(0.7, 1.3, 2)
+    q = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+    blob = q + 0.3 * _noise(rng, n, max(1.0, radius / 3)) < 1.0
+    blob[int(cy), int(cx)] = True
+    labels, _ = ndimage.label(blob)
+    return labels == labels[int(cy), int(cx)]
+
+
+def _apply_2d_defect(img, fg, background, defect: str, rng) -> np.ndarray:
+    """Draw ``defect`` into ``img`` (in place) and return its mask: every changed pixel is in the mask."""
+    n = img.shape[0]
+    margin = max(2, n // 10)
+    allowed = _interior(fg, margin)
+    if defect == "scratch":
+        mask = _curve(rng, n, allowed, rng.uniform(0.25, 0.4) * n, int(rng.integers(1, 3))) & fg
+        dark = img[fg].mean() > 110
+        img[mask] = img[mask] * 0.3 if dark else np.minimum(img[mask] + 110, 255)
+    elif defect == "hole":
+        radius = max(2.0, rng.uniform(0.035, 0.06) * n)
+        mask = _disc(n, *_pick_center(rng, allowed), radius) & fg
+        img[mask] = rng.uniform(12, 28)
+    elif defect == "stain":
+        mask = _blob(rng, n, allowed, max(2.5, rng.uniform(0.05, 0.09) * n)) & fg
+        color = np.array([[70, 40, 20], [200, 60, 50], [50, 80, 190]])[rng.integers(3)]
+        img[mask] = 0.4 * img[mask] + 0.6 * color
+    elif defect == "missing":
+        edge = fg & ~ndimage.binary_erosion(fg)
+        mask = _disc(n, *_pick_center(rng, edge), rng.uniform(0.12, 0.16) * n) & fg
+        img[mask] = background[mask]
+    else:  # pragma: no cover - callers validate
+        raise ValueError(defect)
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ 3D rendering
+
+
+def _xy_mm(n: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = _coords(n)
+    pitch = SCENE_WIDTH_MM / n
+    return (xx - n / 2) * pitch, (yy - n / 2) * pitch
+
+
+def _render_3d(category: str, n: int, rng):
+    """rgb (float), object height above the plane (mm), foreground, plane depth z (mm), missing points."""
+    yy, xx = _coords(n)
+    cy, cx = n / 2 + rng.uniform(-0.04, 0.04, 2) * n
+    if category == "cookie":
+        q = (np.hypot(yy - cy, xx - cx) / (0.33 * n)) ** 2
+        height = 5.0 * np.sqrt(np.clip(1 - q**2, 0, None))
+        chips = _noise(rng, n, max(1.0, n / 40)) > 1.5
+        color = np.where(chips[..., None], [75, 45, 30], [195, 145, 85])
+    else:  # potato
+        a = rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+        v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+        q = (u / (0.38 * n)) ** 2 + (v / (0.26 * n)) ** 2
+        height = 8.0 * np.sqrt(np.clip(1 - q, 0, None))
+        color = np.array([200, 170, 110]) * (1 + 0.06 * _noise(rng, n, 1.0))[..., None]
+    fg = q < 1.0
+    height = height + 0.03 * _noise(rng, n, 1.5) * fg
+    gy, gx = np.gradient(height, SCENE_WIDTH_MM / n)
+    normal_z = 1 / np.sqrt(1 + gx**2 + gy**2)
+    light = np.array([0.3, -0.4, 1.0]) / np.linalg.norm([0.3, -0.4, 1.0])
+    shade = 0.35 + 0.65 * np.clip((-gx * light[0] - gy * light[1] + light[2]) * normal_z, 0, 1)
+    background = _tint(150 + 6 * _noise(rng, n, 1.0), [1.0, 1.0, 1.0])
+    rgb = np.where(fg[..., None], color * shade[..., None], background)
+    x, y = _xy_mm(n)
+    tilt_x, tilt_y = rng.uniform(-0.15, 0.15, 2)
+    plane_z = 500.0 + tilt_x * x + tilt_y * y
+    missing = np.zeros((n, n), bool)
+    top, bottom, left, right = rng.integers(0, max(2, n // 16), 4)
+    top = max(int(top), 1)
+    missing[:top] = True
+    missing[n - bottom :] = True
+    missing[:, :left] = True
+    missing[:, n - right :] = True
+    for _ in range(int(rng.integers(2, 5))):
+        missing |= _disc(n, *rng.uniform(0, n, 2), rng.uniform(0.8, 2.0))
+    return rgb, height, fg, plane_z, missing
+
+
+def _apply_3d_defect(rgb, height, fg, defect: str, rng) -> np.ndarray:
+    """Deform ``height`` and/or recolour ``rgb`` in place; return the ground-truth mask."""
+    n = rgb.shape[0]
+    allowed = _interior(fg, max(2, n // 8))
+    if defect in ("dent", "bump", "dent_3d_only", "bump_3d_only"):
+        radius = max(2.5, rng.uniform(0.07, 0.11) * n)
+        cy, cx = _pick_center(rng, allowed)
+        yy, xx = _coords(n)
+        r = np.hypot(yy - cy, xx - cx) / radius
+        mask = (r < 1) & fg
+        weight = np.where(mask, (1 - np.minimum(r, 1) ** 2) ** 2, 0.0)
+        sign = -1.0 if defect.startswith("dent") else 1.0
+        height += sign * rng.uniform(0.8, 1.4) * weight
+        if not defect.endswith("_3d_only"):
+            rgb *= (1 + sign * 0.35 * weight)[..., None]
+    elif defect == "crack":
+        mask = _curve(rng, n, allowed, rng.uniform(0.25, 0.4) * n, 1) & fg
+        rgb[mask] *= 0.3
+        height[mask] -= 0.4
+    elif defect == "color":
+        mask = _blob(rng, n, allowed, max(2.5, rng.uniform(0.06, 0.1) * n)) & fg
+        rgb[mask] = 0.4 * rgb[mask] + 0.6 * np.array([[60, 110, 60], [170, 40, 40]])[rng.integers(2)]
+    else:  # pragma: no cover - callers validate
+        raise ValueError(defect)
+    return mask
