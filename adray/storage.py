@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import fsspec
 
@@ -222,7 +222,17 @@ def _friendly(exc: BaseException, url: str) -> BaseException:
         )
     if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text:
         return StorageError(f"access to {url} was refused ({name}); check the credentials and bucket policy")
+    if _redact(exc) != text:
+        return StorageError(f"{name} on {url}: {_redact(exc)}")
     return exc
+
+
+def _raise_friendly(exc: BaseException, url: str) -> NoReturn:
+    """Raise :func:`_friendly`'s error; the original is chained only when its text holds no secret."""
+    new = _friendly(exc, url)
+    if new is exc:
+        raise exc
+    raise new from (exc if _redact(exc) == str(exc) else None)
 
 
 # ------------------------------------------------------------------------------------------ operations
@@ -236,7 +246,7 @@ def read_bytes(url: str) -> bytes:
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise _friendly(e, url) from e
+        _raise_friendly(e, url)
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -262,7 +272,7 @@ def write_bytes(url: str, data: bytes) -> None:
     try:
         with_retries(_write, what=f"write {url}")
     except Exception as e:
-        raise _friendly(e, url) from e
+        _raise_friendly(e, url)
 
 
 def read_text(url: str) -> str:
@@ -278,7 +288,7 @@ def exists(url: str) -> bool:
     try:
         return bool(with_retries(lambda: loc.fs.exists(loc.path), what=f"exists {url}"))
     except Exception as e:
-        raise _friendly(e, url) from e
+        _raise_friendly(e, url)
 
 
 def info(url: str) -> dict[str, Any]:
@@ -318,7 +328,7 @@ def walk_files(url: str, *, detail: bool = True) -> Iterator[tuple[str, dict[str
                 meta = files[name] if isinstance(files, dict) else {}
                 yield loc.url(join_path(root, name)), meta
     except Exception as e:
-        raise _friendly(e, url) from e
+        _raise_friendly(e, url)
 
 
 def _hidden(name: str) -> bool:
