@@ -1,0 +1,336 @@
+"""The dataset layouts behind :mod:`adray.catalog`: each turns a prefix into a stream of manifest rows.
+
+A row source is ``fn(root_url, categories, report) -> Iterator[row dict]`` (``item_id`` is added by the
+caller). Sources list one category at a time; inside a category they hold at most one label folder's
+files (MVTec 3D-AD pairs rgb/xyz/gt there) or the category's masks (MVTec AD pairs test images with
+``ground_truth``), never the whole archive.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from adray import storage
+from adray.catalog import DOC_FILES, IMAGE_EXTS, LAYOUTS, NORMAL_LABELS, SPLITS, CatalogError, CatalogReport
+
+Row = dict[str, Any]
+POINT_CLOUD_EXTS = (".tiff", ".tif", ".npy", ".ply", ".pcd")
+VISA_CSV = ("split_csv", "1cls.csv")
+VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+
+
+def detect_layout(prefix: str) -> str:
+    """The first layout of ``visa``, ``mvtec3d``, ``mvtec``, ``folder`` that fits (looks at a few folders)."""
+    if not storage.exists(prefix):
+        raise CatalogError(f"{prefix} does not exist or holds no files")
+    if storage.exists(storage.join_url(prefix, *VISA_CSV)):
+        return "visa"
+    categories, _ = _listdir(prefix)
+    for cat in categories[:5]:
+        cat_url = storage.join_url(prefix, cat)
+        dirs, _ = _listdir(cat_url)
+        splits = [d for d in dirs if d.lower() in SPLITS]
+        labels_of: dict[str, list[str]] = {}
+        for split in splits[:3]:
+            labels_of[split] = _listdir(storage.join_url(cat_url, split))[0]
+            for label in labels_of[split][:3]:
+                inner, _ = _listdir(storage.join_url(cat_url, split, label))
+                if "rgb" in inner or "xyz" in inner:
+                    return "mvtec3d"
+        if not splits:
+            continue
+        if "ground_truth" in dirs or (
+            set(splits) <= {"train", "test"} and "good" in labels_of.get("train", [])
+        ):
+            return "mvtec"
+        return "folder"
+    raise CatalogError(
+        f"{prefix} does not match a supported layout ({', '.join(LAYOUTS)}): expected split_csv/1cls.csv (visa), "
+        "<category>/<split>/<label>/{rgb,xyz}/ (mvtec3d), <category>/{train,test}/<good|defect>/*.png (mvtec) or "
+        "<category>/<split>/<label>/... (folder). Force one with --layout, or pass a manifest file (Parquet, CSV "
+        "or JSONL with at least the columns uri and category) as --input."
+    )
+
+
+# ------------------------------------------------------------------------------------ MVTec AD / folder
+
+
+def rows_folder(
+    root: str, wanted: list[str] | None, report: CatalogReport, *, mvtec: bool = False
+) -> Iterator[Row]:
+    """``<category>/<split>/<label>/...`` with optional ``<category>/ground_truth/<label>/<name>[_mask].png``."""
+    for cat in _categories(root, wanted, report):
+        cat_url = storage.join_url(root, cat)
+        dirs, files = _listdir(cat_url)
+        _docs_or_stray(files, report, "file directly in a category folder")
+        has_gt = "ground_truth" in dirs
+        masks = _masks(storage.join_url(cat_url, "ground_truth"), report) if has_gt else {}
+        for d in dirs:
+            if d == "ground_truth":
+                continue
+            split_url = storage.join_url(cat_url, d)
+            split = SPLITS.get(d.lower())
+            if split is None:
+                _note_tree(
+                    split_url, report, "stray", f"folder {d!r} is not a split (train, validation, test)"
+                )
+                continue
+            labels, loose = _listdir(split_url)
+            for url, _ in loose:
+                report.note("stray", url, "file directly in a split folder; expected <split>/<label>/<file>")
+            for label in labels:
+                label_url = storage.join_url(split_url, label)
+                normal = label.lower() in NORMAL_LABELS
+                for url, info in storage.walk_files(label_url):
+                    rel = _relative(url, label_url)
+                    if not rel.lower().endswith(IMAGE_EXTS):
+                        report.note("stray", url, "not an image")
+                        continue
+                    if _size(info) == 0:
+                        report.note("unreadable", url, "zero bytes")
+                        continue
+                    gt = masks.pop(f"{label}/{_stem(rel)}", None)
+                    if gt is None and mvtec and has_gt and not normal and split == "test":
+                        report.note("missing", url, "no ground-truth mask")
+                    yield _row(url, None, cat, split, normal, label, gt, storage.content_token(info))
+        for url in masks.values():
+            report.note("stray", url, "ground-truth mask without a matching image")
+
+
+def rows_mvtec(root: str, wanted: list[str] | None, report: CatalogReport) -> Iterator[Row]:
+    return rows_folder(root, wanted, report, mvtec=True)
+
+
+def _masks(gt_url: str, report: CatalogReport) -> dict[str, str]:
+    """``"<label>/<name>"`` -> mask URL for one category (bounded by its anomalous items)."""
+    masks: dict[str, str] = {}
+    for url, info in storage.walk_files(gt_url):
+        rel = _relative(url, gt_url)
+        if "/" not in rel or not rel.lower().endswith(IMAGE_EXTS):
+            report.note("stray", url, "not a mask image under ground_truth/<label>/")
+        elif _size(info) == 0:
+            report.note("unreadable", url, "zero bytes")
+        else:
+            stem = _stem(rel)
+            masks[stem[: -len("_mask")] if stem.endswith("_mask") else stem] = url
+    return masks
+
+
+# ----------------------------------------------------------------------------------------- MVTec 3D-AD
+
+
+def rows_mvtec3d(root: str, wanted: list[str] | None, report: CatalogReport) -> Iterator[Row]:
+    """``<category>/<split>/<label>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}``, paired by file stem."""
+    for cat in _categories(root, wanted, report):
+        cat_url = storage.join_url(root, cat)
+        dirs, files = _listdir(cat_url)
+        _docs_or_stray(files, report, "file directly in a category folder")
+        for d in dirs:
+            split_url = storage.join_url(cat_url, d)
+            split = SPLITS.get(d.lower())
+            if split is None:
+                kind, why = (
+                    ("ignored", "camera calibration") if d == "calibration" else ("stray", "not a split")
+                )
+                _note_tree(split_url, report, kind, why)
+                continue
+            labels, loose = _listdir(split_url)
+            for url, _ in loose:
+                report.note("stray", url, "file directly in a split folder; expected <split>/<label>/rgb/")
+            for label in labels:
+                yield from _rows_3d_label(storage.join_url(split_url, label), cat, split, label, report)
+
+
+def _rows_3d_label(label_url: str, cat: str, split: str, label: str, report: CatalogReport) -> Iterator[Row]:
+    parts: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for url, info in storage.walk_files(label_url):
+        kind, _, name = _relative(url, label_url).partition("/")
+        exts = POINT_CLOUD_EXTS if kind == "xyz" else IMAGE_EXTS
+        if kind not in ("rgb", "xyz", "gt") or "/" in name or not name.lower().endswith(exts):
+            report.note("stray", url, "expected rgb/NNN.png, xyz/NNN.tiff or gt/NNN.png")
+        elif _size(info) == 0:
+            report.note("unreadable", url, "zero bytes")
+        else:
+            parts.setdefault(_stem(name), {})[kind] = (url, info)
+    normal = label.lower() in NORMAL_LABELS
+    for stem in sorted(parts):
+        sample = parts[stem]
+        if "rgb" not in sample:
+            for url, _ in sample.values():
+                report.note("missing", url, "no rgb image for this sample")
+            continue
+        rgb_url, rgb_info = sample["rgb"]
+        token = storage.content_token(rgb_info)
+        pc_url = None
+        if "xyz" in sample:
+            pc_url, pc_info = sample["xyz"]
+            token = f"{token}|{storage.content_token(pc_info)}"
+        else:
+            report.note("missing", rgb_url, "no xyz point cloud")
+        gt = sample["gt"][0] if "gt" in sample else None
+        yield _row(rgb_url, pc_url, cat, split, normal, label, gt, token)
+
+
+# ------------------------------------------------------------------------------------------------ VisA
+
+
+def rows_visa(root: str, wanted: list[str] | None, report: CatalogReport) -> Iterator[Row]:
+    """VisA: ``split_csv/1cls.csv`` decides split and label; files are checked against the listing."""
+    csv_url = storage.join_url(root, *VISA_CSV)
+    records = _read_csv(csv_url, VISA_COLUMNS)
+    by_object: dict[str, list[dict[str, str]]] = {}
+    for rec in records:
+        by_object.setdefault(rec["object"], []).append(rec)
+    if wanted:
+        unknown = sorted(set(wanted) - set(by_object))
+        if unknown:
+            raise CatalogError(f"categories {unknown} are not in {csv_url}; it lists {sorted(by_object)}")
+    for obj in [o for o in by_object if not wanted or o in wanted]:
+        images: dict[str, tuple[str, dict[str, Any]]] = {}
+        for url, info in storage.walk_files(storage.join_url(root, obj, "Data", "Images")):
+            if _size(info) == 0:
+                report.note("unreadable", url, "zero bytes")
+            else:
+                images[_relative(url, root)] = (url, info)
+        masks = {
+            _relative(u, root): u for u, _ in storage.walk_files(storage.join_url(root, obj, "Data", "Masks"))
+        }
+        defects = _visa_defects(root, obj)
+        for rec in by_object[obj]:
+            rel = rec["image"].strip().lstrip("/")
+            if rel not in images:
+                report.note("missing", storage.join_url(root, rel), "listed in 1cls.csv but absent or empty")
+                continue
+            url, info = images.pop(rel)
+            normal = rec["label"].strip().lower() in NORMAL_LABELS
+            mask_rel = (rec["mask"] or "").strip().lstrip("/")
+            gt = masks.pop(mask_rel, None) if mask_rel else None
+            if mask_rel and gt is None:
+                report.note("missing", storage.join_url(root, mask_rel), "mask listed in 1cls.csv not found")
+            defect = "good" if normal else defects.get(rel) or "anomaly"
+            split = SPLITS.get(rec["split"].strip().lower(), "test")
+            yield _row(url, None, obj, split, normal, defect, gt, storage.content_token(info))
+        for url, _ in images.values():
+            report.note("stray", url, "image not listed in split_csv/1cls.csv")
+        for url in masks.values():
+            report.note("stray", url, "mask not listed in split_csv/1cls.csv")
+
+
+def _visa_defects(root: str, obj: str) -> dict[str, str]:
+    """image path -> defect description from ``<object>/image_anno.csv`` (when the file is there)."""
+    url = storage.join_url(root, obj, "image_anno.csv")
+    if not storage.exists(url):
+        return {}
+    try:
+        return {r["image"].strip(): r["label"] for r in _read_csv(url, ("image", "label")) if r["label"]}
+    except CatalogError:
+        return {}
+
+
+def _read_csv(url: str, required: tuple[str, ...]) -> list[dict[str, str]]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    data = storage.read_bytes(url)
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig").strip().split(",")
+    types = {c.strip(): pa.string() for c in header}
+    table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=types))
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise CatalogError(f"{url} lacks column(s) {', '.join(missing)}; expected {', '.join(required)}")
+    return [{k: (v or "") for k, v in r.items()} for r in table.to_pylist()]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _row(
+    uri: str, pc_uri: str | None, cat: str, split: str, normal: bool, defect: str, gt: str | None, token: str
+) -> Row:
+    return {
+        "uri": uri,
+        "pc_uri": pc_uri,
+        "category": cat,
+        "split": split,
+        "label": 0 if normal else 1,
+        "defect_type": "good" if normal else defect,
+        "gt_mask_uri": gt,
+        "content_token": token,
+    }
+
+
+def _listdir(url: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """Sorted sub-folder names and ``(url, info)`` of files directly under ``url`` (hidden ones skipped)."""
+    loc = storage.resolve(url)
+    try:
+        entries = storage.with_retries(lambda: loc.fs.ls(loc.path, detail=True), what=f"list {url}")
+    except FileNotFoundError:
+        return [], []
+    dirs, files = [], []
+    for e in entries:
+        path = e["name"].rstrip("/")
+        name = path.rsplit("/", 1)[-1]
+        if path == loc.path.rstrip("/") or _hidden(name):
+            continue
+        if e.get("type") == "directory":
+            dirs.append(name)
+        else:
+            files.append((loc.url(path), e))
+    return sorted(dirs), sorted(files, key=lambda f: f[0])
+
+
+def _categories(root: str, wanted: list[str] | None, report: CatalogReport) -> list[str]:
+    dirs, files = _listdir(root)
+    _docs_or_stray(files, report, "file at the top of the dataset")
+    if wanted:
+        unknown = sorted(set(wanted) - set(dirs))
+        if unknown:
+            raise CatalogError(f"categories {unknown} not found under {root}; it has {dirs[:50]}")
+        return [d for d in dirs if d in wanted]
+    return dirs
+
+
+def _docs_or_stray(files: list[tuple[str, dict[str, Any]]], report: CatalogReport, reason: str) -> None:
+    for url, _ in files:
+        if url.rsplit("/", 1)[-1].lower() in DOC_FILES:
+            report.ignored += 1
+        else:
+            report.note("stray", url, reason)
+
+
+def _note_tree(url: str, report: CatalogReport, kind: str, reason: str) -> None:
+    for file_url, _ in storage.walk_files(url):
+        if kind == "ignored":
+            report.ignored += 1
+        else:
+            report.note(kind, file_url, reason)
+
+
+def _relative(url: str, base: str) -> str:
+    base = base.rstrip("/") + "/"
+    return url[len(base) :] if url.startswith(base) else url.rsplit("/", 1)[-1]
+
+
+def _stem(rel: str) -> str:
+    head, _, name = rel.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{head}/{stem}" if head else stem
+
+
+def _size(info: dict[str, Any]) -> int | None:
+    size = info.get("size", info.get("Size"))
+    return None if size is None else int(size)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__MACOSX") or name in ("Thumbs.db", "desktop.ini")
+
+
+ROW_SOURCES: dict[str, Callable[[str, list[str] | None, CatalogReport], Iterator[Row]]] = {
+    "mvtec": rows_mvtec,
+    "mvtec3d": rows_mvtec3d,
+    "visa": rows_visa,
+    "folder": rows_folder,
+}
