@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="dataset prefix (s3://bucket/mvtec, /data/visa, ...) or a manifest file (.parquet, .csv, .jsonl)",
     )
-    parser.add_argument("--output", required=True, help="where to write the manifest (.parquet, .csv or .jsonl)")
+    parser.add_argument(
+        "--output", required=True, help="where to write the manifest (.parquet, .csv or .jsonl)"
+    )
     parser.add_argument(
         "--layout",
         default="auto",
