@@ -34,6 +34,7 @@ from scipy import ndimage
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _LOW_WORD = np.uint64(0xFFFFFFFF)
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 only has trapz
 
 
 # ------------------------------------------------------------------------------------------ image level
@@ -42,7 +43,7 @@ _LOW_WORD = np.uint64(0xFFFFFFFF)
 def image_auroc(labels, scores) -> float:
     """Area under the ROC curve of image scores (= ``sklearn.metrics.roc_auc_score``)."""
     fpr, tpr, _ = roc_curve_points(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
+    return float(_trapezoid(tpr, fpr))
 
 
 def roc_curve_points(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -322,11 +323,11 @@ class _CurveWalk:
 
     def add(self, fpr: np.ndarray, tpr: np.ndarray, pro: np.ndarray) -> None:
         f0, t0, p0 = self.prev
-        self.roc_area += float(np.trapezoid(np.r_[t0, tpr], np.r_[f0, fpr]))
+        self.roc_area += float(_trapezoid(np.r_[t0, tpr], np.r_[f0, fpr]))
         if not self.pro_done:
             inside = int(np.searchsorted(fpr, self.limit, side="right"))
             fx, px = np.r_[f0, fpr[:inside]], np.r_[p0, pro[:inside]]
-            self.pro_area += float(np.trapezoid(px, fx))
+            self.pro_area += float(_trapezoid(px, fx))
             if self.keep:
                 self.curve_fpr.append(fpr[:inside])
                 self.curve_pro.append(pro[:inside])
