@@ -208,3 +208,46 @@ def test_artifact_config_written_by_save_artifact_validates(tmp_path):
 def test_record_must_be_an_object():
     with pytest.raises(SchemaError, match="expected a JSON object"):
         validate_record([], "artifact")
+
+
+def test_readme_duckdb_queries_run_on_committed_results(tmp_path, monkeypatch):
+    import duckdb
+    import pyarrow.parquet as pq
+
+    t0 = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+    rows = []
+    for run, hour in (("r1", 12), ("r2", 13), ("r3", 14)):  # r3 never commits
+        for i, (status, score) in enumerate([("ok", 0.9), ("corrupt", None), ("ok", 0.1)]):
+            rows.append(
+                {
+                    "run_id": run, "item_id": f"i{i}", "uri": f"/u{i}", "category": "bottle",
+                    "detector": "winclip", "detector_version": "abc123", "image_score": score,
+                    "threshold": 0.5, "is_anomalous": None if score is None else score >= 0.5,
+                    "status": status, "error": None if status == "ok" else "broken",
+                    "content_token": f"s:{i}", "scored_at": t0.replace(hour=hour), "date": "2024-05-01",
+                }
+            )  # fmt: skip
+    table = conform_table(pa.Table.from_pylist(rows), "results")
+    part = tmp_path / "out/results/date=2024-05-01"
+    part.mkdir(parents=True)
+    pq.write_table(table.drop_columns(["date"]), part / "part-0.parquet")
+    (tmp_path / "out/runs").mkdir()
+    for run in ("r1", "r2"):
+        (tmp_path / f"out/runs/{run}.json").write_text(json.dumps({"run_id": run, "status": "committed"}))
+    manifest = {"item_id": ["i0", "i1", "i2", "i9"], "content_token": ["s:0", "s:1", "s:new", "s:9"]}
+    pq.write_table(pa.table(manifest), tmp_path / "manifest.parquet")
+
+    readme = (schemas.schemas_dir() / "README.md").read_text()
+    sql = readme.split("```sql")[1].split("```")[0]
+    statements = [s.strip() for s in sql.split(";") if s.strip()]
+    monkeypatch.chdir(tmp_path)
+    con = duckdb.connect()
+    for view in statements[:3]:
+        assert "CREATE VIEW" in view
+        con.execute(view)
+    latest = con.sql("SELECT run_id, item_id FROM latest ORDER BY item_id").fetchall()
+    assert latest == [("r2", "i0"), ("r2", "i1"), ("r2", "i2")]  # newest committed run, r3 ignored
+    rate, failures, delta = (con.sql(s).fetchall() for s in statements[3:])
+    assert rate[0][2:] == (2, 0.5)
+    assert failures == [("corrupt", 1, "broken")]
+    assert sorted(r[0] for r in delta) == ["i2", "i9"]  # changed content + never scored
