@@ -1,0 +1,73 @@
+"""What is left to score: the re-inspection delta and the resume set of a run.
+
+- :func:`delta` keeps the candidate ``(item, detector version)`` pairs that committed results have not
+  yet scored with the same content token: a DuckDB anti-join on ``(item_id, detector_version,
+  content_token)``. New items, changed items (new content token) and new detector versions stay; rows
+  whose status is ``error`` (a detector or storage failure, not a property of the item) are retried.
+- :func:`rows_already_written` reads the rows a run with the same run id already wrote (a re-run or an
+  interrupted run), so that only the rest is scored: this is what makes ``--run-id`` idempotent.
+  Unreadable files of that run (a write cut off mid-file) are deleted first; they were never committed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adray import storage
+from adray.pipeline.query import RUN_FILE_SEPARATOR, connect, list_result_files
+
+log = logging.getLogger(__name__)
+
+#: Statuses that do not count as "scored" for re-inspection: the next run tries again.
+RETRY_STATUSES = ("error",)
+
+
+def delta(candidates: pa.Table, output: str, *, exclude_run: str | None = None) -> pa.Table:
+    """``candidates`` (with ``item_id, detector_version, content_token``) minus what committed runs scored.
+
+    ``exclude_run`` leaves one run's own rows out of the comparison, so that re-running a committed
+    re-inspection under its run id selects the same delta again (and its rows are then found as written).
+    """
+    if candidates.num_rows == 0:
+        return candidates
+    con = connect(output)
+    con.register("_candidates", candidates)
+    retry = ", ".join(f"'{s}'" for s in RETRY_STATUSES)
+    kept = con.execute(
+        "SELECT c.* FROM _candidates c ANTI JOIN ("
+        "  SELECT DISTINCT item_id, detector_version, content_token FROM results"
+        f"  WHERE status NOT IN ({retry}) AND run_id IS DISTINCT FROM $exclude"
+        ") r ON c.item_id = r.item_id AND c.detector_version = r.detector_version"
+        " AND c.content_token IS NOT DISTINCT FROM r.content_token",
+        {"exclude": exclude_run},
+    ).fetch_arrow_table()
+    con.close()
+    return kept.cast(candidates.schema) if kept.num_rows else candidates.slice(0, 0)
+
+
+def rows_already_written(output: str, run_id: str) -> tuple[pa.Table, list[str]]:
+    """``(item_id, detector_version)`` of rows run ``run_id`` already wrote, and the partial files removed."""
+    keys = []
+    removed = []
+    for url, file_run in list_result_files(output):
+        if file_run != run_id:
+            continue
+        loc = storage.resolve(url)
+        try:
+            with loc.fs.open(loc.path, "rb") as f:
+                keys.append(pq.read_table(f, columns=["item_id", "detector_version"]))
+        except Exception as e:  # a file cut off mid-write: never committed, safe to drop
+            log.warning("removing unreadable result file %s of run %s: %s", url, run_id, e)
+            storage.remove(url)
+            removed.append(url)
+    schema = pa.schema([("item_id", pa.string()), ("detector_version", pa.string())])
+    if not keys:
+        return schema.empty_table(), removed
+    return pa.concat_tables([k.cast(schema) for k in keys]), removed
+
+
+def result_file_prefix(run_id: str) -> str:
+    return f"{run_id}{RUN_FILE_SEPARATOR}"

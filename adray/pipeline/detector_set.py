@@ -1,0 +1,134 @@
+"""The detectors of one :class:`~adray.pipeline.spec.DetectorSpec`, built lazily per category.
+
+A fitted artifact is one detector for every category it knows. A registry detector (zero-shot WinCLIP)
+is built once per category, with ``class_name`` = the category (or the run's ``--class-name``), because
+its prompts name the object; factories share the heavy backbone between instances, so a new category
+costs a text encoding, not a model load. The same object serves the driver (versions, applicability),
+the CPU decode stage (``preprocess``) and the scoring actors (``score``), through the Detector contract
+only.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from adray.detectors.base import Detector, create_detector, load_detector
+from adray.pipeline.spec import DetectorSpec, load_plugins
+
+#: Placeholder category for registry detectors when a run gives no category (never stored).
+ANY_CATEGORY = "object"
+
+
+class DetectorSet:
+    """Per-category detector instances of one spec, created on first use and cached."""
+
+    def __init__(self, spec: DetectorSpec, loader: Callable[[str | None], Detector] | None = None) -> None:
+        self.spec = spec
+        self._by_key: dict[str, Detector] = {}
+        self._loader = loader
+
+    # ------------------------------------------------------------------------------ instances
+
+    def for_category(self, category: str | None) -> Detector:
+        key = "*" if self.spec.is_artifact else (self.spec.class_name or category or ANY_CATEGORY)
+        det = self._by_key.get(key)
+        if det is None:
+            det = self._loader(category) if self._loader else self._build(category)
+            self._by_key[key] = det
+        return det
+
+    def prototype(self) -> Detector:
+        """Any one instance (the first built): name, modalities and categories do not vary by category."""
+        if self._by_key:
+            return next(iter(self._by_key.values()))
+        return self.for_category(None)
+
+    def _build(self, category: str | None) -> Detector:
+        spec = self.spec
+        load_plugins(spec.plugins)
+        if spec.is_artifact:
+            return load_detector(spec.ref, device=spec.device)
+        options: dict[str, Any] = dict(spec.option_dict())
+        options.setdefault("weights", spec.weights)
+        options["class_name"] = spec.class_name or category or ANY_CATEGORY
+        refs = spec.reference_uris(category or "")
+        if refs:
+            options["reference"] = list(refs)
+        if spec.device is not None:
+            options.setdefault("device", spec.device)
+        return create_detector(spec.ref, **_accepted(spec.ref, options))
+
+    # ------------------------------------------------------------------------------ facts
+
+    @property
+    def name(self) -> str:
+        return str(type(self.prototype()).name)
+
+    @property
+    def needs_xyz(self) -> bool:
+        return "xyz" in tuple(self.prototype().modalities)
+
+    def applies_to(self, category: str, has_point_cloud: bool) -> bool:
+        """Whether this detector scores an item: its categories (None = any) and its modalities."""
+        proto = self.prototype()
+        cats = proto.categories
+        if cats is not None and category not in cats:
+            return False
+        return has_point_cloud or "xyz" not in tuple(proto.modalities)
+
+    def version(self, category: str | None) -> str:
+        return str(self.for_category(category).version)
+
+    def threshold(self, category: str | None) -> float | None:
+        t = self.for_category(category).threshold
+        return None if t is None else float(t)
+
+
+def _accepted(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Drop options the factory does not take (``device``/``reference`` are offered, not imposed)."""
+    from adray.detectors import base
+
+    base._import_builtin_detectors()
+    factory = base._FACTORIES.get(name)
+    if factory is None:
+        return options
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return options
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return options
+    optional = {"device", "reference"}
+    return {k: v for k, v in options.items() if k in params or k not in optional}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(spec_json: str) -> DetectorSet:
+    return DetectorSet(spec_from_json(spec_json))
+
+
+def cached_detector_set(spec: DetectorSpec) -> DetectorSet:
+    """One :class:`DetectorSet` per spec per process (Ray reuses worker processes across tasks)."""
+    return _cached(spec_to_json(spec))
+
+
+def spec_to_json(spec: DetectorSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True, default=list)
+
+
+def spec_from_json(text: str) -> DetectorSpec:
+    d = json.loads(text)
+    return DetectorSpec(
+        ref=d["ref"],
+        weights=d["weights"],
+        class_name=d["class_name"],
+        options=tuple((k, v) for k, v in d["options"]),
+        references=tuple((k, tuple(v)) for k, v in d["references"]),
+        device=d["device"],
+        plugins=tuple(d.get("plugins", ())),
+    )

@@ -1,0 +1,149 @@
+"""Typed result rows and the run record.
+
+:func:`finalize_batch` is the last CPU stage of the graph: it resizes each anomaly map back to its
+item's original size, writes it as a 16-bit PNG to ``masks/detector_version=<v>/<item_id>.png`` (the key
+depends only on the detector version and the item, so retries and re-runs overwrite), and returns a
+pyarrow table with exactly the ``results`` schema, so all-null columns keep their types in Parquet.
+
+:func:`build_run_record` / :func:`write_run_record` make ``runs/<run_id>.json``, validated against
+``schemas/run_record`` and written last: its presence commits the run's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from adray import __version__ as adray_version
+from adray import schemas, storage
+from adray.io.masks import encode_map_png16, mask_key, resize_map
+
+#: Result columns in the order of ``schemas/results``.
+RESULT_FIELDS = tuple(schemas.load_schema("results").names)
+#: Hive partition columns of results/ (stored in the folder names, not in the files).
+PARTITION_COLS = ("detector", "date")
+_MASK_WRITE_THREADS = 8
+
+
+def finalize_batch(
+    batch: pa.Table, *, run_id: str, detector: str, output: str, write_masks: bool = True
+) -> pa.Table:
+    """``map_batches`` UDF (pyarrow format): maps -> mask PNGs in storage; rows -> typed results table."""
+    cols = {name: batch.column(name).to_pylist() for name in batch.column_names if name != "map"}
+    maps = batch.column("map").to_pylist()
+    n = batch.num_rows
+    now = datetime.now(timezone.utc)
+    mask_uri: list[str | None] = [None] * n
+    map_min: list[float | None] = [None] * n
+    map_max: list[float | None] = [None] * n
+    status, error = list(cols["status"]), list(cols["error"])
+
+    def store(i: int) -> None:
+        m = np.frombuffer(maps[i], dtype=np.float32).reshape(cols["map_h"][i], cols["map_w"][i]).copy()
+        m = resize_map(m, (int(cols["orig_h"][i]), int(cols["orig_w"][i])))
+        png, lo, hi = encode_map_png16(m)
+        url = storage.join_url(output, mask_key(cols["detector_version"][i], cols["item_id"][i]))
+        if write_masks:
+            storage.write_bytes(url, png)
+        mask_uri[i], map_min[i], map_max[i] = url, float(lo), float(hi)
+
+    todo = [i for i in range(n) if status[i] == "ok" and maps[i] is not None]
+    with ThreadPoolExecutor(max_workers=min(_MASK_WRITE_THREADS, max(1, len(todo)))) as pool:
+        futures = {i: pool.submit(store, i) for i in todo}
+    for i, fut in futures.items():
+        exc = fut.exception()
+        if exc is not None:
+            status[i], error[i] = "error", f"mask write failed: {type(exc).__name__}: {exc}"
+
+    score = [s if st == "ok" else None for s, st in zip(cols["image_score"], status)]
+    thr = cols["threshold"]
+    data = {
+        "run_id": [run_id] * n,
+        "item_id": cols["item_id"],
+        "uri": cols["uri"],
+        "pc_uri": cols["pc_uri"],
+        "category": cols["category"],
+        "detector": [detector] * n,
+        "detector_version": cols["detector_version"],
+        "image_score": score,
+        "threshold": thr,
+        "is_anomalous": [None if s is None or t is None else bool(s >= t) for s, t in zip(score, thr)],
+        "mask_uri": [u if st == "ok" else None for u, st in zip(mask_uri, status)],
+        "map_min": [v if st == "ok" else None for v, st in zip(map_min, status)],
+        "map_max": [v if st == "ok" else None for v, st in zip(map_max, status)],
+        "status": status,
+        "error": [None if st == "ok" else (e or st) for e, st in zip(error, status)],
+        "label": cols["label"],
+        "defect_type": cols["defect_type"],
+        "content_token": cols["content_token"],
+        "scored_at": [now] * n,
+        "latency_ms": [v if st == "ok" else None for v, st in zip(cols["latency_ms"], status)],
+        "date": [now.strftime("%Y-%m-%d")] * n,
+    }
+    return results_table(data)
+
+
+def results_table(data: dict[str, list[Any]]) -> pa.Table:
+    """Build a table with exactly the ``results`` schema from column lists."""
+    schema = schemas.load_schema("results")
+    return pa.Table.from_arrays([pa.array(data[f.name], type=f.type) for f in schema], schema=schema)
+
+
+# ------------------------------------------------------------------------------------------ run record
+
+
+def build_run_record(
+    *,
+    run_id: str,
+    started_at: datetime,
+    finished_at: datetime,
+    input_uri: str,
+    output: str,
+    detectors: list[dict[str, str]],
+    counts: dict[str, int],
+    timings: dict[str, float],
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    record = {
+        "schema": "adray/run_record",
+        "schema_version": "1",
+        "run_id": run_id,
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "status": "committed",
+        "input": input_uri,
+        "output": output,
+        "detectors": detectors,
+        "counts": {
+            k: int(counts.get(k, 0)) for k in ("in", "out", "ok", "error", "anomalous", "not_applicable")
+        },
+        "timings": {k: float(v) for k, v in timings.items()},
+        "config": config,
+        "adray_version": adray_version,
+    }
+    record.update(extra or {})
+    schemas.validate_record(record, "run_record")
+    return record
+
+
+def run_record_url(output: str, run_id: str) -> str:
+    return storage.join_url(output, "runs", f"{run_id}.json")
+
+
+def write_run_record(output: str, record: dict[str, Any]) -> str:
+    url = run_record_url(output, record["run_id"])
+    storage.write_text(url, json.dumps(record, indent=2, sort_keys=True, default=str))
+    return url
+
+
+def read_run_record(output: str, run_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_text(run_record_url(output, run_id)))
+    except FileNotFoundError:
+        return None

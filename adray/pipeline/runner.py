@@ -1,0 +1,249 @@
+"""A scoring run end to end: manifest -> per-detector work lists -> Ray Data passes -> checks -> run record.
+
+``score_archive`` scores every selected manifest item with every detector that applies to it;
+``reinspect`` does the same on the delta (new items, changed content tokens, new detector versions).
+Both are idempotent under a pinned run id: rows the run already wrote are skipped, masks overwrite, and
+the run record (``runs/<run_id>.json``) is written last, only after the rows in storage have been counted
+and checked (one row per applicable item and detector, no duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adray import storage
+from adray.pipeline.backlog import delta, rows_already_written
+from adray.pipeline.detector_set import DetectorSet
+from adray.pipeline.graph import DetectorPass, build_dataset, write_results
+from adray.pipeline.query import list_result_files
+from adray.pipeline.rows import build_run_record, read_run_record, run_record_url, write_run_record
+from adray.pipeline.spec import ScoreConfig
+from adray.pipeline.summary import DetectorCounts, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class RunCheckError(RuntimeError):
+    """Rows in storage do not match the items that went in; the run is left uncommitted."""
+
+
+def score_archive(config: ScoreConfig) -> RunSummary:
+    """Score ``config.input`` with ``config.detectors`` into ``config.output``; see the module docstring."""
+    config.validated()
+    run_id = str(config.run_id)
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    manifest, manifest_url = load_manifest(config, run_id)
+    references = pick_references(config, manifest) if config.shots > 0 else {}
+    items = select_items(manifest, config)
+    _ensure_ray()
+    already, removed = rows_already_written(config.output, run_id)
+    passes, counts = [], []
+    for spec in config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()}):
+        detectors = DetectorSet(replace(spec, device="cpu"))  # the driver only asks for versions
+        applies = np.array(
+            [
+                detectors.applies_to(c, bool(p))
+                for c, p in zip(items["category"].to_pylist(), items["pc_uri"].to_pylist())
+            ],
+            dtype=bool,
+        )
+        work = items.filter(pa.array(applies))
+        versions = {c: detectors.version(c) for c in sorted(set(work["category"].to_pylist()))}
+        work = work.append_column(
+            "detector_version", pa.array([versions[c] for c in work["category"].to_pylist()], pa.string())
+        )
+        n_delta = work.num_rows
+        if config.delta:
+            work = delta(work, config.output, exclude_run=run_id)
+        row_count = DetectorCounts(
+            name=detectors.name,
+            versions=sorted(set(versions.values())),
+            rows_in=work.num_rows,
+            not_applicable=int((~applies).sum()),
+            skipped_delta=n_delta - work.num_rows,
+        )
+        todo = _minus(work, already)
+        row_count.resumed = work.num_rows - todo.num_rows
+        counts.append(row_count)
+        passes.append(DetectorPass(spec=spec, name=detectors.name, needs_xyz=detectors.needs_xyz, work=todo))
+
+    t_scoring = time.perf_counter()
+    for job in passes:
+        if job.work.num_rows:
+            log.info("run %s: scoring %d items with %s", run_id, job.work.num_rows, job.name)
+            write_results(build_dataset(job, config, run_id), config.output, run_id)
+    scoring_s = time.perf_counter() - t_scoring
+
+    _check_and_count(config.output, run_id, passes, counts)
+    summary = RunSummary(
+        run_id=run_id,
+        input=config.input,
+        manifest=manifest_url,
+        output=config.output,
+        results_url=storage.join_url(config.output, "results"),
+        masks_url=storage.join_url(config.output, "masks"),
+        run_record_url=run_record_url(config.output, run_id),
+        items=items.num_rows,
+        detectors=counts,
+        elapsed_s=0.0,
+        scoring_s=scoring_s,
+        references={c: [i for _, i in v] for c, v in references.items()},
+        removed_partial_files=removed,
+    )
+    summary.elapsed_s = time.perf_counter() - t0
+    record = build_run_record(
+        run_id=run_id,
+        started_at=started_at,
+        finished_at=datetime.now(timezone.utc),
+        input_uri=manifest_url,
+        output=storage.join_url(config.output, "results"),
+        detectors=[{"name": d.name, "version": v} for d in counts for v in d.versions],
+        counts=summary.counts(),
+        timings={"total_s": summary.elapsed_s, "scoring_s": scoring_s, "items_per_s": summary.throughput},
+        config=config.to_json(),
+        extra={
+            "references": summary.references,
+            "per_detector": [d.__dict__ for d in counts],
+            "source_input": config.input,
+        },
+    )
+    previous = read_run_record(config.output, run_id)
+    if previous is not None and previous.get("status") == "committed" and summary.total("scored_now") == 0:
+        log.info(
+            "run %s was already committed and nothing was left to score; its record stays as it was", run_id
+        )
+        return summary
+    write_run_record(config.output, record)
+    return summary
+
+
+def reinspect(config: ScoreConfig) -> RunSummary:
+    """Score only what committed runs have not scored with the same detector version and content token."""
+    return score_archive(replace(config, delta=True))
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def load_manifest(config: ScoreConfig, run_id: str) -> tuple[pa.Table, str]:
+    """Read a manifest URI, or build one from a dataset prefix (saved under ``manifests/<run_id>.parquet``)."""
+    from adray import catalog
+
+    if catalog.is_manifest_uri(config.input):
+        return catalog.read_manifest(config.input), config.input
+    table, report = catalog.build_manifest(config.input, config.layout)
+    url = storage.join_url(config.output, "manifests", f"{run_id}.parquet")
+    catalog.write_manifest(table, url)
+    log.info("built manifest of %d items from %s -> %s", table.num_rows, config.input, url)
+    return table, url
+
+
+def select_items(manifest: pa.Table, config: ScoreConfig) -> pa.Table:
+    items = manifest
+    if config.split != "all":
+        items = items.filter(pc.equal(items["split"], config.split))
+    if config.categories:
+        items = items.filter(pc.is_in(items["category"], pa.array(config.categories)))
+    items = items.sort_by("item_id")
+    if config.limit is not None:
+        items = items.slice(0, config.limit)
+    return items
+
+
+def pick_references(config: ScoreConfig, manifest: pa.Table) -> dict[str, list[tuple[str, str]]]:
+    """K normal training items per category (seeded): ``{category: [(uri, item_id), ...]}``."""
+    source = manifest
+    if config.reference:
+        from adray import catalog
+
+        source = (
+            catalog.read_manifest(config.reference)
+            if catalog.is_manifest_uri(config.reference)
+            else catalog.build_manifest(config.reference, config.layout)[0]
+        )
+    train = source.filter(pc.equal(source["split"], "train")).sort_by("item_id")
+    normal = pc.or_kleene(pc.equal(train["label"], 0), pc.equal(train["defect_type"], "good"))
+    train = train.filter(pc.fill_null(normal, False))
+    rng = np.random.default_rng(config.seed)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for category in sorted(set(train["category"].to_pylist())):
+        rows = train.filter(pc.equal(train["category"], category))
+        take = sorted(
+            rng.choice(rows.num_rows, size=min(config.shots, rows.num_rows), replace=False).tolist()
+        )
+        out[category] = [(rows["uri"][i].as_py(), rows["item_id"][i].as_py()) for i in take]
+    return out
+
+
+def _minus(work: pa.Table, done: pa.Table) -> pa.Table:
+    if done.num_rows == 0 or work.num_rows == 0:
+        return work
+    keys = set(zip(done["item_id"].to_pylist(), done["detector_version"].to_pylist()))
+    keep = [
+        (i, v) not in keys for i, v in zip(work["item_id"].to_pylist(), work["detector_version"].to_pylist())
+    ]
+    return work.filter(pa.array(keep, pa.bool_()))
+
+
+def _check_and_count(
+    output: str, run_id: str, passes: list[DetectorPass], counts: list[DetectorCounts]
+) -> None:
+    """Count this run's rows in storage per detector; raise unless rows out == rows in, without duplicates."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for url, file_run in list_result_files(output):
+        if file_run == run_id:
+            loc = storage.resolve(url)
+            with loc.fs.open(loc.path, "rb") as f:
+                t = pq.read_table(f, columns=["item_id", "detector_version", "status", "is_anomalous"])
+            detector = next((p.split("=", 1)[1] for p in url.split("/") if p.startswith("detector=")), "")
+            tables.append(t.append_column("detector", pa.array([detector] * t.num_rows, pa.string())))
+    rows = pa.concat_tables(tables) if tables else None
+    problems = []
+    for job, c in zip(passes, counts):
+        c.scored_now = job.work.num_rows
+        mine = (
+            rows.filter(pc.is_in(rows["detector_version"], pa.array(c.versions, pa.string())))
+            if rows
+            else None
+        )
+        if mine is not None:
+            mine = mine.filter(pc.equal(mine["detector"], c.name))
+        n = 0 if mine is None else mine.num_rows
+        c.rows_out = n
+        if mine is not None and n:
+            statuses = mine["status"].to_pylist()
+            c.status_counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+            c.ok = c.status_counts.get("ok", 0)
+            c.errors = n - c.ok
+            c.anomalous = int(pc.sum(pc.fill_null(mine["is_anomalous"], False).cast(pa.int64())).as_py() or 0)
+            distinct = len(set(zip(mine["item_id"].to_pylist(), mine["detector_version"].to_pylist())))
+            if distinct != n:
+                problems.append(f"{c.name}: {n - distinct} duplicate rows")
+        if c.rows_out != c.rows_in:
+            problems.append(f"{c.name}: {c.rows_in} items in but {c.rows_out} rows out")
+    for c in counts:
+        log.info(
+            "run %s %s: in=%d out=%d ok=%d errors=%d", run_id, c.name, c.rows_in, c.rows_out, c.ok, c.errors
+        )
+    if problems:
+        raise RunCheckError(
+            f"run {run_id} is not committed because its rows do not check out: {'; '.join(problems)}. "
+            "Re-run with the same --run-id to resume; only the missing items are scored."
+        )
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # bare: attaches under `ray job submit`, else starts an embedded local cluster
