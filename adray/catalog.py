@@ -246,7 +246,7 @@ def _split_name(value: Any, source: str) -> str:
 
 
 def _label_value(value: Any, source: str) -> int | None:
-    if value is None or value == "":
+    if value is None or value == "" or (isinstance(value, float) and value != value):  # NaN from pandas
         return None
     word = (
         str(int(value)) if isinstance(value, (bool, int, float)) and float(value).is_integer() else str(value)

@@ -189,9 +189,11 @@ def rows_visa(root: str, wanted: list[str] | None, report: CatalogReport) -> Ite
             raise CatalogError(f"categories {unknown} are not in {csv_url}; it lists {sorted(by_object)}")
     for obj in [o for o in by_object if not wanted or o in wanted]:
         images: dict[str, tuple[str, dict[str, Any]]] = {}
+        empty: set[str] = set()
         for url, info in storage.walk_files(storage.join_url(root, obj, "Data", "Images")):
             if _size(info) == 0:
                 report.note("unreadable", url, "zero bytes")
+                empty.add(_relative(url, root))
             else:
                 images[_relative(url, root)] = (url, info)
         masks = {
@@ -201,7 +203,8 @@ def rows_visa(root: str, wanted: list[str] | None, report: CatalogReport) -> Ite
         for rec in by_object[obj]:
             rel = rec["image"].strip().lstrip("/")
             if rel not in images:
-                report.note("missing", storage.join_url(root, rel), "listed in 1cls.csv but absent or empty")
+                if rel not in empty:
+                    report.note("missing", storage.join_url(root, rel), "listed in 1cls.csv but absent")
                 continue
             url, info = images.pop(rel)
             normal = rec["label"].strip().lower() in NORMAL_LABELS

@@ -188,7 +188,7 @@ def test_visa_layout_follows_its_split_csv(tmp_path):
     assert bad["gt_mask_uri"].endswith("candle/Data/Masks/Anomaly/000.png")
     assert rows["Data/Images/Normal/0000.JPG"]["split"] == "train"
     assert report.stray == 1 and report.unreadable == 1
-    assert report.missing == 2  # 001.JPG listed but absent; pcb1 0000.JPG listed but empty
+    assert report.missing == 1  # 001.JPG listed but absent (pcb1's empty 0000.JPG counts as unreadable)
     only_pcb, _ = build_manifest(root, "visa", categories=["pcb1"])
     assert only_pcb.num_rows == 0
 
@@ -259,9 +259,12 @@ def test_read_manifest_csv_normalises_labels_splits_and_ids(tmp_path):
 
 def test_read_manifest_parquet_and_jsonl(tmp_path):
     pq.write_table(
-        pa.table({"uri": ["/x/a.png"], "category": ["c"], "label": [True]}), tmp_path / "m.parquet"
+        pa.table({"uri": ["/x/a.png"], "category": ["c"], "label": [True]}), tmp_path / "b.parquet"
     )
-    assert read_manifest(str(tmp_path / "m.parquet")).column("label").to_pylist() == [1]
+    assert read_manifest(str(tmp_path / "b.parquet")).column("label").to_pylist() == [1]
+    floats = pa.table({"uri": ["/x/a.png", "/x/b.png"], "category": ["c", "c"], "label": [1.0, float("nan")]})
+    pq.write_table(floats, tmp_path / "m.parquet")  # pandas writes unknown labels as NaN
+    assert read_manifest(str(tmp_path / "m.parquet")).column("label").to_pylist() == [1, None]
     lines = [
         {"uri": "/x/a.png", "category": "c", "label": 0, "pc_uri": "/x/a.tiff"},
         {"uri": "/x/b.png", "category": "c"},
