@@ -1,0 +1,161 @@
+"""`adray fit-bgad` / `python jobs/fit_bgad.py`: fit a BGAD detector for one category with Ray Train.
+
+Example (2 CPU workers, tiny random backbone, the unsupervised variant with --num-anomalies 0):
+    adray fit-bgad --train s3://bucket/mvtec --category bottle --output s3://bucket/models/bgad-bottle \\
+        --workers 2 --backbone test_efficientnet --weights random --image-size 64 --num-anomalies 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
+from adray.detectors.bgad.losses import LossConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    m, t, lc = BgadConfig(), BgadTrainConfig(), LossConfig()
+    g = parser.add_argument_group("data and output")
+    g.add_argument(
+        "--train", required=True, help="dataset prefix (MVTec layout, any storage URL) or manifest URI"
+    )
+    g.add_argument("--category", required=True, help="category to fit (one artifact per category)")
+    g.add_argument("--output", required=True, help="artifact folder URI written by rank 0")
+    g.add_argument(
+        "--num-anomalies",
+        type=int,
+        default=t.num_anomalies,
+        help="labelled anomalies per category taken from the test split (balanced across defect "
+        "types, seeded, recorded in the artifact, to be excluded from evaluation); 0 = unsupervised "
+        "variant (step 1 only) (default %(default)s)",
+    )
+    g.add_argument(
+        "--seen-defects", default="", help="comma-separated defect types the anomalies may come from"
+    )
+    g.add_argument(
+        "--copy-paste-variants",
+        type=int,
+        default=t.copy_paste_variants,
+        help="synthetic copy-paste samples per anomaly, 0 disables (default %(default)s)",
+    )
+    g.add_argument(
+        "--anomaly-repeats",
+        type=int,
+        default=t.anomaly_repeats,
+        help="times each real anomaly is seen per sub-epoch (default %(default)s)",
+    )
+    g.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=t.calibration_fraction,
+        help="train/good fraction held out to calibrate the threshold (default %(default)s)",
+    )
+    g.add_argument(
+        "--target-fpr",
+        type=float,
+        default=t.target_fpr,
+        help="false-positive rate of the stored threshold on held-out normals (default %(default)s)",
+    )
+    g = parser.add_argument_group("model")
+    g.add_argument("--backbone", default=m.backbone, help="any timm model name, optionally name.tag")
+    g.add_argument(
+        "--pretrained-tag", default=m.pretrained_tag, help="pinned timm weight tag (default %(default)s)"
+    )
+    g.add_argument(
+        "--weights", default=m.weights, help="pretrained | random (tests) | PATH to a weights file"
+    )
+    g.add_argument("--out-indices", default=",".join(map(str, m.out_indices)), help="backbone stages")
+    g.add_argument("--image-size", type=int, default=m.image_size)
+    g.add_argument("--flow-blocks", type=int, default=m.n_blocks, help="AllInOneBlocks per flow")
+    g.add_argument("--top-k", type=int, default=m.top_k, help="image score = mean of top-k map pixels")
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=t.meta_epochs, help="meta-epochs (checkpoint after each)")
+    g.add_argument("--sub-epochs", type=int, default=t.sub_epochs, help="passes over the data per meta-epoch")
+    g.add_argument(
+        "--ml-epochs",
+        type=int,
+        default=t.ml_meta_epochs,
+        help="meta-epochs of step 1 (maximum likelihood on normals) before push-pull",
+    )
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step per worker")
+    g.add_argument("--chunk-size", type=int, default=t.chunk_size, help="patches per optimiser step")
+    g.add_argument("--lr", type=float, default=t.lr)
+    g.add_argument("--beta", type=float, default=lc.beta, help="boundary quantile of normal log-likelihoods")
+    g.add_argument("--tau", type=float, default=lc.tau, help="margin between normal and anomaly boundaries")
+    g.add_argument("--no-focal", action="store_true", help="disable the asymmetric focal weights")
+    g.add_argument("--seed", type=int, default=t.seed)
+    g = parser.add_argument_group("Ray Train")
+    g.add_argument("--workers", type=int, default=1, help="Ray Train workers (0 = local mode in-process)")
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help=">0 uses NCCL on GPUs, else gloo on CPU"
+    )
+    g.add_argument("--cpus-per-worker", type=float, default=1.0)
+    g.add_argument(
+        "--run-name",
+        default=None,
+        help="Ray Train run name; the same name resumes from its last checkpoint (default: derived "
+        "from output + config, so rerunning the same command resumes)",
+    )
+    g.add_argument("--checkpoint-root", default=None, help="default: <parent of --output>/checkpoints")
+    g.add_argument("--fail-after-epoch", type=int, default=None, help=argparse.SUPPRESS)  # resume tests only
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainConfig]:
+    model_cfg = BgadConfig(
+        category=args.category,
+        backbone=args.backbone,
+        pretrained_tag=args.pretrained_tag or None,
+        weights=args.weights,
+        image_size=args.image_size,
+        out_indices=tuple(int(v) for v in args.out_indices.split(",") if v.strip()),
+        n_blocks=args.flow_blocks,
+        top_k=args.top_k,
+        flow_seed=args.seed,
+        backbone_seed=args.seed,
+    )
+    seen = tuple(s.strip() for s in args.seen_defects.split(",") if s.strip()) or None
+    train_cfg = BgadTrainConfig(
+        meta_epochs=args.epochs,
+        sub_epochs=args.sub_epochs,
+        ml_meta_epochs=args.ml_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        num_anomalies=args.num_anomalies,
+        seen_defects=seen,
+        anomaly_repeats=args.anomaly_repeats,
+        copy_paste_variants=args.copy_paste_variants,
+        calibration_fraction=args.calibration_fraction,
+        target_fpr=args.target_fpr,
+        seed=args.seed,
+        loss=LossConfig(beta=args.beta, tau=args.tau, focal_weighting=not args.no_focal),
+    )
+    return model_cfg, train_cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from adray.train.bgad import fit_bgad
+
+    model_cfg, train_cfg = configs_from_args(args)
+    if not ray.is_initialized():
+        ray.init()
+    summary = fit_bgad(
+        args.train,
+        args.output,
+        model_cfg,
+        train_cfg,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        run_name=args.run_name,
+        checkpoint_root=args.checkpoint_root,
+        fail_after_epoch=args.fail_after_epoch,
+    )
+    print(summary.to_text())
+    print(summary.artifact_uri)
+    return 0
