@@ -35,7 +35,10 @@ class DetectorSet:
     # ------------------------------------------------------------------------------ instances
 
     def for_category(self, category: str | None) -> Detector:
-        key = "*" if self.spec.is_artifact else (self.spec.class_name or category or ANY_CATEGORY)
+        if self.spec.is_artifact:
+            key = "*"
+        else:  # one instance per prompt class, and per category when categories have their own references
+            key = f"{self.spec.class_name or category or ANY_CATEGORY}|{category if self.spec.references else ''}"
         det = self._by_key.get(key)
         if det is None:
             det = self._loader(category) if self._loader else self._build(category)
@@ -58,10 +61,15 @@ class DetectorSet:
         options["class_name"] = spec.class_name or category or ANY_CATEGORY
         refs = spec.reference_uris(category or "")
         if refs:
-            options["reference"] = list(refs)
+            options["reference_images"] = [_read_reference(u) for u in refs]
         if spec.device is not None:
             options.setdefault("device", spec.device)
-        return create_detector(spec.ref, **_accepted(spec.ref, options))
+        accepted = _accepted(spec.ref, options)
+        if refs and "reference_images" not in accepted:
+            raise ValueError(
+                f"detector {spec.ref!r} takes no reference_images, so it cannot run k-shot; drop --shots"
+            )
+        return create_detector(spec.ref, **accepted)
 
     # ------------------------------------------------------------------------------ facts
 
@@ -74,12 +82,19 @@ class DetectorSet:
         return "xyz" in tuple(self.prototype().modalities)
 
     def applies_to(self, category: str, has_point_cloud: bool) -> bool:
-        """Whether this detector scores an item: its categories (None = any) and its modalities."""
-        proto = self.prototype()
-        cats = proto.categories
-        if cats is not None and category not in cats:
+        """Whether this detector scores an item: its categories (None = any) and its modalities.
+
+        A registry detector is asked through its instance for the item's category (zero-shot WinCLIP
+        built for "bottle" knows "bottle"); with a pinned ``--class-name`` the person has named the
+        object for every item, so every category applies.
+        """
+        det = self.for_category(category)
+        if "xyz" in tuple(det.modalities) and not has_point_cloud:
             return False
-        return has_point_cloud or "xyz" not in tuple(proto.modalities)
+        if not self.spec.is_artifact and self.spec.class_name:
+            return True
+        cats = det.categories
+        return cats is None or category in cats
 
     def version(self, category: str | None) -> str:
         return str(self.for_category(category).version)
@@ -89,8 +104,15 @@ class DetectorSet:
         return None if t is None else float(t)
 
 
+def _read_reference(uri: str) -> Any:
+    from adray import storage
+    from adray.io.images import decode_image
+
+    return decode_image(storage.read_bytes(uri))
+
+
 def _accepted(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Drop options the factory does not take (``device``/``reference`` are offered, not imposed)."""
+    """Drop options the factory does not take (``device``/``reference_images`` are offered, not imposed)."""
     from adray.detectors import base
 
     base._import_builtin_detectors()
@@ -103,7 +125,7 @@ def _accepted(name: str, options: dict[str, Any]) -> dict[str, Any]:
         return options
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return options
-    optional = {"device", "reference"}
+    optional = {"device", "reference_images"}
     return {k: v for k, v in options.items() if k in params or k not in optional}
 
 
