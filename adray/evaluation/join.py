@@ -1,0 +1,203 @@
+"""Join committed results with ground truth from the manifest, leaving out what a detector was fitted on.
+
+- Results come from :func:`adray.pipeline.query.connect` (committed runs only): the latest row per
+  ``(item_id, detector)``, optionally restricted to some runs or detectors.
+- Ground truth (``label``, ``defect_type``, ``gt_mask_uri``, ``split``) comes from the manifest given with
+  ``--input`` (a manifest file, or a dataset prefix that is catalogued on the fly).
+- Fit exclusions: every item id under an artifact metadata key ending in ``_item_ids`` (BGAD
+  ``anomaly_item_ids``, WinCLIP+ ``reference_item_ids``, M3DM ``bank_item_ids`` / ``dlf_item_ids``), from
+  ``--artifact`` URIs and from the artifacts (or id lists) named in the run records' ``detectors`` entries;
+  and every ``split == "train"`` item. The union is left out for every detector, so detectors are compared
+  on the same items.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from adray import catalog
+from adray.detectors.base import read_artifact_config
+from adray.pipeline.query import connect, list_run_records
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = (
+    "run_id", "item_id", "uri", "category", "detector", "detector_version", "image_score", "threshold",
+    "mask_uri", "map_min", "map_max", "status", "error", "label", "scored_at",
+)  # fmt: skip
+ID_KEY_SUFFIX = "_item_ids"
+
+
+@dataclass
+class FitExclusions:
+    """Item ids a detector saw while fitting, by where they were found."""
+
+    item_ids: set[str] = field(default_factory=set)
+    by_source: dict[str, int] = field(default_factory=dict)  # "<artifact uri>:<key>" -> count
+    shots: dict[str, int] = field(default_factory=dict)  # detector -> WinCLIP+ references per category
+
+    def add(self, source: str, ids: Iterable[str]) -> None:
+        ids = {str(i) for i in ids}
+        if ids:
+            self.item_ids |= ids
+            self.by_source[source] = self.by_source.get(source, 0) + len(ids)
+
+
+@dataclass
+class JoinReport:
+    """What was evaluated and what was left out, per detector."""
+
+    n_results: int = 0
+    excluded_fit: dict[str, int] = field(default_factory=dict)
+    excluded_train: dict[str, int] = field(default_factory=dict)
+    not_in_manifest: dict[str, int] = field(default_factory=dict)
+    unlabelled: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    unscored: dict[str, int] = field(default_factory=dict)
+    fit_sources: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_results(
+    results_root: str, run_ids: list[str] | None = None, detectors: list[str] | None = None
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Latest committed row per ``(item_id, detector)`` and the run records those rows come from."""
+    con = connect(results_root)
+    where, params = [], []
+    if run_ids:
+        where.append(f"run_id IN ({', '.join('?' for _ in run_ids)})")
+        params += run_ids
+    if detectors:
+        where.append(f"detector IN ({', '.join('?' for _ in detectors)})")
+        params += detectors
+    cols = ", ".join(RESULT_COLUMNS)
+    sql = (
+        f"SELECT {cols} FROM results {'WHERE ' + ' AND '.join(where) if where else ''} "
+        "QUALIFY row_number() OVER (PARTITION BY item_id, detector ORDER BY scored_at DESC, run_id DESC) = 1"
+    )
+    df = con.execute(sql, params).fetch_df()
+    used = set(df["run_id"].unique()) if len(df) else set()
+    records = [r for r in list_run_records(results_root) if r.get("run_id") in used]
+    return df, records
+
+
+def load_manifest(input_uri: str) -> pd.DataFrame:
+    """The manifest as a DataFrame: a manifest file is read, a dataset prefix is catalogued."""
+    if catalog.is_manifest_uri(input_uri):
+        table = catalog.read_manifest(input_uri)
+    else:
+        table, _ = catalog.build_manifest(input_uri)
+    cols = ["item_id", "uri", "category", "split", "label", "defect_type", "gt_mask_uri"]
+    return table.select(cols).to_pandas()
+
+
+def collect_fit_exclusions(
+    artifact_uris: Iterable[str] = (), run_records: Iterable[Mapping[str, Any]] = ()
+) -> FitExclusions:
+    """Item ids used to fit detectors, from artifacts and run records (see the module docstring)."""
+    out = FitExclusions()
+    seen: set[str] = set()
+
+    def from_artifact(uri: str) -> None:
+        if uri in seen:
+            return
+        seen.add(uri)
+        try:
+            doc = read_artifact_config(uri)
+        except (FileNotFoundError, ValueError) as exc:
+            log.warning("cannot read artifact %s for fit exclusions: %s", uri, exc)
+            return
+        meta = doc.get("metadata") or {}
+        _collect(out, meta, uri)
+        if doc.get("detector") == "winclip":
+            config = doc.get("config") or {}
+            shots = config.get("k_shot", meta.get("k_shot"))
+            if shots is None and isinstance(meta.get("reference_item_ids"), Mapping):
+                shots = _shots_per_category(meta["reference_item_ids"])
+            if shots is not None:
+                out.shots["winclip"] = int(shots)
+
+    for uri in artifact_uris:
+        from_artifact(uri)
+    for record in run_records:
+        for det in record.get("detectors") or []:
+            if not isinstance(det, Mapping):
+                continue
+            _collect(out, det, f"run {record.get('run_id')}/{det.get('name')}")
+            for key in ("artifact", "artifact_uri", "uri"):
+                if isinstance(det.get(key), str) and det[key]:
+                    from_artifact(det[key])
+            for uri in _strings(det.get("artifacts")):
+                from_artifact(uri)
+    return out
+
+
+def join_ground_truth(
+    results: pd.DataFrame, manifest: pd.DataFrame, exclusions: FitExclusions
+) -> tuple[pd.DataFrame, JoinReport]:
+    """Rows to evaluate: scored ``ok``, in the manifest, labelled, not train, not used for fitting."""
+    report = JoinReport(n_results=len(results), fit_sources=dict(exclusions.by_source))
+    gt = manifest.rename(columns={"uri": "manifest_uri", "label": "gt_label", "category": "gt_category"})
+    df = results.merge(gt, on="item_id", how="left", indicator=True)
+    df["label"] = df["gt_label"]
+    df["category"] = df["gt_category"].where(df["gt_category"].notna(), df["category"])
+    for det, part in df.groupby("detector"):
+        report.not_in_manifest[det] = int((part["_merge"] == "left_only").sum())
+        report.excluded_train[det] = int((part["split"] == "train").sum())
+        report.excluded_fit[det] = int(part["item_id"].isin(exclusions.item_ids).sum())
+        report.failed[det] = int((part["status"] != "ok").sum())
+        report.unlabelled[det] = int(part["label"].isna().sum())
+    test_items = manifest[(manifest["split"] != "train") & manifest["label"].notna()]
+    test_items = test_items[~test_items["item_id"].isin(exclusions.item_ids)]
+    for det, part in df.groupby("detector"):
+        report.unscored[det] = int((~test_items["item_id"].isin(part["item_id"])).sum())
+    keep = (
+        (df["_merge"] == "both")
+        & (df["split"] != "train")
+        & ~df["item_id"].isin(exclusions.item_ids)
+        & (df["status"] == "ok")
+        & df["label"].notna()
+        & df["image_score"].notna()
+    )
+    out = df[keep].drop(columns=["_merge", "gt_label", "gt_category", "manifest_uri"]).copy()
+    out["label"] = out["label"].astype(int)
+    return out.reset_index(drop=True), report
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _collect(out: FitExclusions, node: Any, source: str, path: str = "") -> None:
+    """Add every id under a key ending in ``_item_ids`` anywhere inside ``node``."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if str(key).endswith(ID_KEY_SUFFIX):
+                out.add(f"{source}:{where}", _strings(value))
+            else:
+                _collect(out, value, source, where)
+    elif isinstance(node, list):
+        for value in node:
+            _collect(out, value, source, path)
+
+
+def _strings(value: Any) -> list[str]:
+    """All strings in a (nested) list / dict of ids, e.g. ``{category: [ids]}`` or ``[ids]``."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple, set)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _shots_per_category(refs: Mapping[str, Any]) -> int:
+    return max((len(_strings(v)) for v in refs.values()), default=0)
