@@ -1,0 +1,291 @@
+"""open_clip models for adray: loading by name and weights spec, one copy per process, and a few fast paths.
+
+- :func:`load_clip` builds an open_clip model from ``(model_name, weights, pretrained_tag, device)`` once per
+  process (``functools.lru_cache``), so the WinCLIP detectors of several categories in one Ray actor share
+  it. Weights are resolved as in :mod:`adray.backbones.weights`: the pinned hub tag (Hugging Face cache,
+  honouring ``HF_HUB_OFFLINE=1``), a local or object-storage file, or ``random`` (explicit; seeded, so a
+  reloaded detector scores identically).
+- ``weights_id`` identifies the weights for detector versions without hashing a 200M-parameter state dict
+  on every load: the tag for pretrained weights, the file's sha256 for files (hashed once per process), and
+  for random weights the seed plus a hash of the model config and the open_clip/torch versions (the init
+  code and the RNG stream are what make random weights reproducible).
+- :func:`encode_text` runs the text tower on the prompt tokens only up to the longest prompt: with CLIP's
+  causal mask and end-of-text pooling, positions after the end token cannot change the result, so this
+  equals ``model.encode_text`` (tested) at a fraction of the cost.
+- :func:`bf16_matmul_weights` gives a transformer copy whose matrix weights are bf16 (LayerNorms stay fp32)
+  for CPU autocast, which otherwise re-casts every weight on every call.
+- :func:`register_tiny_clip` adds ``adray-tiny-clip``, a 2-layer ViT/16 CLIP for tests and demos that runs
+  through exactly the same code paths as ViT-B-16-plus-240.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from adray.backbones.weights import (
+    WeightsUnavailableError,
+    file_sha256,
+    offline_help,
+    parse_weights,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_TAG = "laion400m_e31"
+RANDOM_SEED = 0
+TINY_CLIP = "adray-tiny-clip"
+TINY_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 96, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@dataclass(frozen=True)
+class ClipBackbone:
+    """A loaded open_clip model with what detectors record about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    model_name: str
+    weights: str  # the spec as given: "pretrained", "random" or a path/URL
+    pretrained_tag: str
+    weights_id: str  # see module docstring
+    device: torch.device
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        import open_clip
+
+        return dict(open_clip.get_model_preprocess_cfg(self.model))
+
+    @property
+    def spec(self) -> dict[str, str]:
+        return {
+            "model_name": self.model_name,
+            "weights": self.weights,
+            "pretrained_tag": self.pretrained_tag,
+            "weights_id": self.weights_id,
+        }
+
+
+def register_tiny_clip() -> str:
+    """Register the ``adray-tiny-clip`` open_clip config (idempotent) and return its name.
+
+    open_clip re-reads every registered config path whenever one is added, so the JSON is written to a
+    persistent per-user folder rather than a temporary file that could vanish.
+    """
+    import open_clip
+
+    if TINY_CLIP in open_clip.list_models():
+        return TINY_CLIP
+    folder = os.path.join(tempfile.gettempdir(), f"adray-open-clip-configs-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{TINY_CLIP}.json")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(TINY_CLIP_CONFIG, f)
+    os.replace(tmp, path)
+    open_clip.add_model_config(path)
+    return TINY_CLIP
+
+
+def load_clip(
+    model_name: str = DEFAULT_MODEL,
+    weights: str = "pretrained",
+    pretrained_tag: str = DEFAULT_TAG,
+    device: str | torch.device | None = None,
+) -> ClipBackbone:
+    """The open_clip model for ``(model_name, weights, pretrained_tag, device)``, loaded once per process.
+
+    Raises :class:`WeightsUnavailableError` (naming the ways to provide the weights) when pretrained
+    weights are neither cached nor downloadable.
+    """
+    from adray.detectors.base import pick_device
+
+    dev = pick_device(str(device) if device is not None else None)
+    return _load_clip_cached(model_name, weights or "pretrained", pretrained_tag, str(dev))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_clip_cached(model_name: str, weights: str, pretrained_tag: str, device: str) -> ClipBackbone:
+    import open_clip
+
+    if model_name == TINY_CLIP:
+        register_tiny_clip()
+    if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(
+            f"unknown open_clip model {model_name!r}; choose one of open_clip.list_models() "
+            f"(e.g. {DEFAULT_MODEL!r}) or {TINY_CLIP!r} for tests"
+        )
+    spec = parse_weights(weights)
+    if spec.kind == "random":
+        # fork_rng keeps the caller's RNG stream untouched; the fixed seed makes "random" reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = open_clip.create_model(model_name, pretrained=None)
+    elif spec.kind == "file":
+        model = open_clip.create_model(model_name, pretrained=spec.path)
+    else:
+        model = _create_pretrained(model_name, pretrained_tag)
+    weights_id = weights_id_for(model_name, weights, pretrained_tag)
+    model = model.to(torch.device(device)).eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    log.info("loaded open_clip %s (%s) on %s", model_name, weights_id, device)
+    return ClipBackbone(
+        model, tokenizer, model_name, weights, pretrained_tag, weights_id, torch.device(device)
+    )
+
+
+def _create_pretrained(model_name: str, tag: str) -> nn.Module:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if tag not in tags:
+        raise ValueError(
+            f"open_clip has no pretrained tag {tag!r} for {model_name!r}; known tags: {tags}. Pass "
+            "--weights /path/to/file for other weights"
+        )
+    hub = (open_clip.get_pretrained_cfg(model_name, tag).get("hf_hub") or "").rstrip("/") or None
+    try:
+        return open_clip.create_model(model_name, pretrained=tag, require_pretrained=True)
+    except Exception as e:  # hub/URL errors vary by library version; all mean "weights not reachable"
+        raise WeightsUnavailableError(offline_help(model_name, tag, hub)) from e
+
+
+def weights_id_for(model_name: str, weights: str = "pretrained", pretrained_tag: str = DEFAULT_TAG) -> str:
+    """The identity of a weights spec recorded in detector versions (see module docstring)."""
+    spec = parse_weights(weights)
+    if spec.kind == "random":
+        return "random:" + _random_weights_id(model_name)
+    if spec.kind == "file":
+        return "sha256:" + _file_digest(spec.path, os.path.getmtime(spec.path))
+    return f"open_clip:{model_name}:{pretrained_tag}"
+
+
+def _random_weights_id(model_name: str) -> str:
+    import open_clip
+
+    if model_name == TINY_CLIP:
+        register_tiny_clip()
+    doc = {
+        "seed": RANDOM_SEED,
+        "config": open_clip.get_model_config(model_name),
+        "open_clip": open_clip.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"seed{RANDOM_SEED}:{digest}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, mtime: float) -> str:
+    return file_sha256(path)
+
+
+# -------------------------------------------------------------------------------------------- text tower
+
+
+@torch.inference_mode()
+def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` (unnormalised), computed only over the positions that matter.
+
+    For open_clip's built-in CLIP text tower (causal mask, pooling at the end-of-text token, which has the
+    highest id) the output at the end token depends only on the positions before it, so the sequence is
+    cut after the longest prompt's end token. Any other text tower falls back to ``encode_text``.
+    """
+    import open_clip
+
+    simple = (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+        and model.positional_embedding.shape[0] == tokens.shape[1]
+    )
+    if not simple:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max().item()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if isinstance(model.text_projection, nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
+
+
+# -------------------------------------------------------------------------------------------- image tower
+
+
+def check_vit(model: nn.Module) -> nn.Module:
+    """The model's open_clip ``VisionTransformer``; raises for towers WinCLIP's token windows cannot use."""
+    from open_clip.transformer import VisionTransformer
+
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(
+            f"WinCLIP needs an open_clip VisionTransformer image tower, got {type(visual).__name__}; "
+            "choose a ViT CLIP such as ViT-B-16-plus-240"
+        )
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+        raise ValueError(
+            "WinCLIP needs a ViT pooled by its class token (no attentional pooler, pool_type 'tok')"
+        )
+    if getattr(visual, "final_ln_after_pool", False):
+        raise ValueError("WinCLIP expects ln_post before pooling (final_ln_after_pool=False)")
+    return visual
+
+
+def wants_batch_first(transformer: nn.Module) -> bool:
+    """Whether ``transformer(x)`` takes ``[N, L, D]``.
+
+    open_clip >= 2.26 gives ``Transformer`` a ``batch_first`` attribute and transposes inside ``forward``
+    when it is False, so it always takes NLD; older versions have no attribute and take LND. Permuting to
+    LND for a batch-first transformer silently mixes windows (every window gets the same embedding).
+    """
+    if hasattr(transformer, "batch_first"):
+        return True
+    return bool(getattr(transformer.resblocks[0].attn, "batch_first", False))
+
+
+def run_transformer(transformer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run an open_clip transformer on NLD tokens whatever the installed version's layout."""
+    if wants_batch_first(transformer):
+        return transformer(x)
+    return transformer(x.transpose(0, 1)).transpose(0, 1)
+
+
+_BF16_COPIES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def bf16_matmul_weights(transformer: nn.Module) -> nn.Module:
+    """A copy of ``transformer`` with bf16 matrix weights and fp32 norms, made once per transformer.
+
+    Under CPU autocast the matmuls run in bf16 (AMX) either way; holding the weights in bf16 saves the
+    per-call weight casts. Norms stay fp32 because CPU layer_norm rejects mixed parameter dtypes.
+    """
+    if transformer in _BF16_COPIES:
+        return _BF16_COPIES[transformer]
+    shadow = copy.deepcopy(transformer)
+    for module in shadow.modules():
+        if isinstance(module, nn.LayerNorm):
+            continue
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False))
+    _BF16_COPIES[transformer] = shadow
+    return shadow

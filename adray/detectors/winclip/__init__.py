@@ -1,0 +1,22 @@
+"""WinCLIP / WinCLIP+ zero-/few-shot anomaly detection (Jeong et al., CVPR 2023); see README.md here."""
+
+from adray.detectors.base import register_detector, register_factory
+from adray.detectors.winclip.artifact import create_winclip, load_winclip, save_winclip
+from adray.detectors.winclip.model import WinClip, WinClipConfig
+from adray.detectors.winclip.prompts import build_prompts, clean_class_name
+from adray.detectors.winclip.windows import harmonic_aggregation, window_indices
+
+register_detector("winclip")(WinClip)
+register_factory("winclip", create_winclip)
+
+__all__ = [
+    "WinClip",
+    "WinClipConfig",
+    "build_prompts",
+    "clean_class_name",
+    "create_winclip",
+    "harmonic_aggregation",
+    "load_winclip",
+    "save_winclip",
+    "window_indices",
+]

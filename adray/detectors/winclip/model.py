@@ -1,0 +1,282 @@
+"""WinCLIP and WinCLIP+ (Jeong et al., "WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation",
+CVPR 2023, arXiv 2303.14814) as an adray detector. There is no official code; we follow the paper, checked
+against anomalib 2.x and Accurate-WinCLIP (see /work/shared/reference/winclip.md and README.md here).
+
+One forward per batch: the full-image pass gives the image embedding (image-level language score) and the
+patch tokens (WinCLIP+), and its embedded tokens feed every 2x2 and 3x3 window, batched across windows and
+images. Deliberate departures: the paper's 22 templates (anomalib has 21), the cleaned class name, window
+transformer layout checked for the installed open_clip, vectorised aggregation, bf16 autocast for the
+window passes on request (CPU: AMX) or by default on CUDA, references CLIP-normalised like test images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from adray.backbones.open_clip import ClipBackbone, bf16_matmul_weights, check_vit, run_transformer
+from adray.detectors.base import ScoreBatch
+from adray.detectors.winclip import scoring
+from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
+from adray.detectors.winclip.windows import embed_tokens, encode_windows, harmonic_aggregation, window_indices
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_TEXT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+@dataclass
+class WinClipConfig:
+    """WinCLIP settings; defaults are the paper's (τ from anomalib, see scoring.py)."""
+
+    class_name: str
+    scales: tuple[int, ...] = (2, 3)
+    temperature: float = 0.07
+    defect_types: tuple[str, ...] = ()
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU: windows only
+    max_tokens: int = 32768  # tokens per transformer call (bounds activation memory)
+    threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(int(k) for k in self.scales)
+        self.defect_types = tuple(self.defect_types)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.scales or min(self.scales) < 1:
+            raise ValueError(f"window scales must be positive patch counts, got {self.scales}")
+
+
+class WinClip:
+    """Zero-shot WinCLIP; WinCLIP+ once :meth:`set_reference_images` is called. Implements the Detector contract."""
+
+    name: ClassVar[str] = "winclip"
+    modalities: tuple[str, ...] = ("rgb",)
+
+    def __init__(
+        self, backbone: ClipBackbone, config: WinClipConfig, text: torch.Tensor | None = None
+    ) -> None:
+        self.backbone = backbone
+        self.config = config
+        self.visual = check_vit(backbone.model)
+        self.device = backbone.device
+        self.grid = tuple(int(g) for g in self.visual.grid_size)
+        self.image_size = tuple(int(s) for s in self.visual.image_size)
+        self.indices = {k: window_indices(self.grid, k).to(self.device) for k in config.scales}
+        self.window_dtype, self.full_dtype = _autocast_dtypes(config.precision, self.device)
+        if text is None:
+            text = _class_text(backbone, config.class_name, config.defect_types)
+        self.text_embeddings = text.float().to(self.device)  # [2, D]: normal, anomalous
+        self.memory: dict[str, torch.Tensor] = {}
+        self._version: str | None = None
+
+    # ------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_open_clip(
+        cls, model: nn.Module, tokenizer: Any, class_name: str, scales: Sequence[int] = (2, 3), **options: Any
+    ) -> WinClip:
+        """Wrap an already-built open_clip model. ``options``: any :class:`WinClipConfig` field, plus
+        ``model_name``/``weights``/``pretrained_tag`` to record how to rebuild it (needed by :meth:`save`)."""
+        from adray.backbones.open_clip import DEFAULT_TAG, weights_id_for
+
+        spec = {k: options.pop(k) for k in ("model_name", "weights", "pretrained_tag") if k in options}
+        if "weights" in spec and "model_name" in spec:
+            weights_id = weights_id_for(
+                spec["model_name"], spec["weights"], spec.get("pretrained_tag", DEFAULT_TAG)
+            )
+        else:  # unnamed weights: identify them by content (about a second for ViT-B/16+, once)
+            weights_id = "state:" + _state_hash(model)
+        device = next(model.parameters()).device
+        backbone = ClipBackbone(
+            model.eval(),
+            tokenizer,
+            spec.get("model_name", "custom"),
+            spec.get("weights", "unknown"),
+            spec.get("pretrained_tag", DEFAULT_TAG),
+            weights_id,
+            device,
+        )
+        return cls(backbone, WinClipConfig(class_name=class_name, scales=tuple(scales), **options))
+
+    # ------------------------------------------------------------------------------------ features
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embedded tokens ``[N, 1+P, W]``, image embeddings ``[N, D]``, patch tokens ``[N, P, W]``).
+
+        Patch tokens are the last layer's tokens after ``ln_post``, unprojected (anomalib's choice)."""
+        images = self._as_images(images)
+        tokens = embed_tokens(self.visual, images)
+        per_chunk = max(1, self.config.max_tokens // tokens.shape[1])
+        embs, patches = [], []
+        for start in range(0, tokens.shape[0], per_chunk):
+            x = self.visual.ln_pre(tokens[start : start + per_chunk])
+            with _autocast(self.device, self.full_dtype):
+                x = run_transformer(self.visual.transformer, x)
+            x = self.visual.ln_post(x.float())
+            embs.append(x[:, 0] @ self.visual.proj.float())
+            patches.append(x[:, 1:])
+        return tokens, torch.cat(embs), torch.cat(patches)
+
+    @torch.inference_mode()
+    def window_embeddings(
+        self, images: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
+        """``{k: [N, n_windows(k), D]}`` window embeddings for every scale k."""
+        if tokens is None:
+            tokens = embed_tokens(self.visual, self._as_images(images))
+        transformer = self.visual.transformer
+        if self.window_dtype == torch.bfloat16 and self.device.type == "cpu":
+            transformer = bf16_matmul_weights(transformer)
+        return {
+            k: encode_windows(
+                self.visual, tokens, idx, self.config.max_tokens, transformer, self.window_dtype
+            )
+            for k, idx in self.indices.items()
+        }
+
+    @torch.inference_mode()
+    def set_reference_images(self, images: torch.Tensor | Sequence[np.ndarray] | None) -> None:
+        """Build the WinCLIP+ memories from K normal images (``[K, 3, S, S]`` preprocessed tensors, or uint8
+        ``[H, W, 3]`` arrays); ``None`` or empty returns to zero-shot. Memories are L2-normalised."""
+        self._version = None
+        if images is None or len(images) == 0:
+            self.memory = {}
+            return
+        if not isinstance(images, torch.Tensor):
+            images = torch.from_numpy(np.stack([self.preprocess({"image": im})["image"] for im in images]))
+        tokens, _, patches = self.encode_images(images)
+        windows = self.window_embeddings(images, tokens)
+        memory = {"patch": patches.flatten(0, 1)}
+        memory.update({f"window_{k}": emb.flatten(0, 1) for k, emb in windows.items()})
+        self.memory = {name: nn.functional.normalize(m.float(), dim=-1) for name, m in memory.items()}
+
+    @property
+    def k_shot(self) -> int:
+        return 0 if not self.memory else self.memory["patch"].shape[0] // (self.grid[0] * self.grid[1])
+
+    # ------------------------------------------------------------------------------------ scoring
+
+    @torch.inference_mode()
+    def score(self, batch: Mapping[str, Any] | torch.Tensor | np.ndarray) -> ScoreBatch:
+        """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` (float32, CPU) for preprocessed images."""
+        images = batch["image"] if isinstance(batch, Mapping) else batch
+        images = self._as_images(images)
+        tokens, image_emb, patches = self.encode_images(images)
+        windows = self.window_embeddings(images, tokens)
+        text = self.text_embeddings
+        temp = self.config.temperature
+        image_scores = scoring.class_scores(image_emb, text, temp)
+        scale_maps = [
+            harmonic_aggregation(scoring.class_scores(windows[k], text, temp), self.grid, k)
+            for k in self.indices
+        ]
+        grid_map = scoring.zero_shot_map(image_scores, scale_maps)
+        if self.memory:
+            few = [scoring.visual_association(patches, self.memory["patch"]).reshape(-1, *self.grid)]
+            for k in self.indices:
+                assoc = scoring.visual_association(windows[k], self.memory[f"window_{k}"])
+                few.append(harmonic_aggregation(assoc, self.grid, k))
+            image_scores, grid_map = scoring.fuse_few_shot(image_scores, grid_map, few)
+        maps = scoring.upsample(grid_map, tuple(images.shape[-2:]))
+        return ScoreBatch(image_scores.float().cpu(), maps.float().cpu())
+
+    def _as_images(self, images: Any) -> torch.Tensor:
+        x = torch.as_tensor(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"WinCLIP scores preprocessed images [N, 3, {self.image_size[0]}, {self.image_size[1]}], got "
+                f"{tuple(x.shape)}; run detector.preprocess({{'image': uint8 HxWx3}}) first"
+            )
+        return x.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------------------------ Detector contract
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return (self.config.class_name,)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.config.threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self.config.threshold = None if value is None else float(value)
+
+    def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        cfg = self.backbone.preprocess_cfg
+        return {"image": scoring.preprocess_image(sample["image"], self.image_size, cfg["mean"], cfg["std"])}
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration recorded in artifacts and hashed into :attr:`version` (precision excluded:
+        it is a runtime choice, and ``auto`` differs between CPU and GPU hosts)."""
+        cfg = asdict(self.config)
+        cfg.pop("precision")
+        cfg.pop("max_tokens")
+        cfg.pop("threshold")
+        cfg["class_words"] = clean_class_name(self.config.class_name)
+        cfg["backbone"] = self.backbone.spec
+        cfg["image_size"] = list(self.image_size)
+        cfg["k_shot"] = self.k_shot
+        return cfg
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            from adray.detectors.base import content_hash
+
+            self._version = content_hash(
+                self.describe(), {"text_embeddings": self.text_embeddings, **self.memory}
+            )
+        return self._version
+
+    def save(self, uri: str) -> None:
+        from adray.detectors.winclip.artifact import save_winclip
+
+        save_winclip(self, uri)
+
+    @classmethod
+    def load(cls, uri: str, device: str | None = None) -> WinClip:
+        from adray.detectors.winclip.artifact import load_winclip
+
+        return load_winclip(uri, device)
+
+
+def _class_text(backbone: ClipBackbone, class_name: str, defect_types: Sequence[str]) -> torch.Tensor:
+    """Text embeddings, cached per (weights, model, class words, defect types) for the process."""
+    key = (backbone.model_name, backbone.weights_id, clean_class_name(class_name), tuple(defect_types))
+    if key not in _TEXT_CACHE:
+        _TEXT_CACHE[key] = text_embeddings(backbone.model, backbone.tokenizer, class_name, defect_types).cpu()
+    return _TEXT_CACHE[key]
+
+
+def _autocast_dtypes(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(window pass dtype, full-image pass dtype); None means fp32."""
+    if device.type == "cuda":
+        if precision == "fp32":
+            return None, None
+        half = torch.float16 if precision == "fp16" or not torch.cuda.is_bf16_supported() else torch.bfloat16
+        return half, half
+    if precision == "fp16":
+        raise ValueError("precision 'fp16' needs CUDA; on CPU use 'bf16' (AMX) or 'fp32'")
+    # CPU: the full-image pass stays fp32 (it gives the image score); bf16 helps the many short windows.
+    return (torch.bfloat16, None) if precision == "bf16" else (None, None)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _state_hash(model: nn.Module) -> str:
+    from adray.detectors.base import content_hash
+
+    return content_hash({}, dict(model.state_dict()))
