@@ -6,9 +6,10 @@
   ``--input`` (a manifest file, or a dataset prefix that is catalogued on the fly).
 - Fit exclusions: every item id under an artifact metadata key ending in ``_item_ids`` (BGAD
   ``anomaly_item_ids``, WinCLIP+ ``reference_item_ids``, M3DM ``bank_item_ids`` / ``dlf_item_ids``), from
-  ``--artifact`` URIs and from the artifacts (or id lists) named in the run records' ``detectors`` entries;
-  and every ``split == "train"`` item. The union is left out for every detector, so detectors are compared
-  on the same items.
+  ``--artifact`` URIs and from the artifacts a run record names (its ``config.detectors`` URIs, or an
+  ``artifact`` in a ``detectors`` entry); any ``*_item_ids`` key inside a run record; the WinCLIP+ k-shot
+  ``references`` ({category: [item ids]}) of runs with ``config.shots > 0``; and every ``split == "train"``
+  item. The union is left out for every detector, so detectors are compared on the same items.
 """
 
 from __future__ import annotations
@@ -127,15 +128,21 @@ def collect_fit_exclusions(
     for uri in artifact_uris:
         from_artifact(uri)
     for record in run_records:
+        run = f"run {record.get('run_id')}"
+        _collect(out, record, run)  # any *_item_ids key, e.g. in the detectors entries
+        config = record.get("config") or {}
+        refs = record.get("references")
+        if isinstance(refs, Mapping) and int(config.get("shots") or 0) > 0:
+            out.add(f"{run}:references", _strings(refs))  # WinCLIP+ k-shot reference items
+            out.shots["winclip"] = int(config["shots"])
         for det in record.get("detectors") or []:
-            if not isinstance(det, Mapping):
-                continue
-            _collect(out, det, f"run {record.get('run_id')}/{det.get('name')}")
-            for key in ("artifact", "artifact_uri", "uri"):
-                if isinstance(det.get(key), str) and det[key]:
-                    from_artifact(det[key])
-            for uri in _strings(det.get("artifacts")):
-                from_artifact(uri)
+            if isinstance(det, Mapping):
+                for key in ("artifact", "artifact_uri"):
+                    if isinstance(det.get(key), str) and det[key]:
+                        from_artifact(det[key])
+        for ref in config.get("detectors") or []:  # the run's --detector values: names or artifact URIs
+            if isinstance(ref, str) and _looks_like_uri(ref):
+                from_artifact(ref)
     return out
 
 
@@ -186,6 +193,10 @@ def _collect(out: FitExclusions, node: Any, source: str, path: str = "") -> None
     elif isinstance(node, list):
         for value in node:
             _collect(out, value, source, path)
+
+
+def _looks_like_uri(ref: str) -> bool:
+    return "://" in ref or ref.startswith(("/", ".", "~"))
 
 
 def _strings(value: Any) -> list[str]:
