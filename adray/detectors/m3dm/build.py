@@ -1,0 +1,130 @@
+"""Build an M3DM detector from extracted features (no Ray here; :mod:`adray.train.m3dm` distributes it).
+
+Inputs are raw extractor grids of the bank items (normal training items) and of held-out normal items
+(never in the banks): ``{"rgb": [n, Cr, h, w], "xyz": [n, Cx, S, S]}`` numpy arrays. Steps: bank rows
+(fused rows through the trained UFF, in chunks) -> greedy coreset per bank -> score the held-out items
+-> fit the DLF one-class SVMs (multi-bank modes) -> threshold = the largest held-out normal score.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from adray.detectors.m3dm.banks import build_bank
+from adray.detectors.m3dm.config import M3DMConfig
+from adray.detectors.m3dm.decision import fit_one_class_svm
+from adray.detectors.m3dm.features import FeatureExtractor
+from adray.detectors.m3dm.fusion import FeatureFusion
+from adray.detectors.m3dm.model import M3DMDetector
+
+log = logging.getLogger(__name__)
+
+
+def build_detector(
+    config: M3DMConfig,
+    extractor: FeatureExtractor,
+    bank_features: Mapping[str, np.ndarray],
+    heldout_features: Mapping[str, np.ndarray],
+    fusion: FeatureFusion | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    item_chunk: int = 16,
+    device: str | None = None,
+) -> M3DMDetector:
+    timings: dict[str, float] = {}
+    det = M3DMDetector(config, extractor, fusion, device=device)
+    n_items = _count(bank_features)
+    if n_items == 0:
+        raise ValueError("no training items to build memory banks from")
+    for name in config.bank_names:
+        t0 = time.perf_counter()
+        rows = bank_rows(det, bank_features, name, item_chunk)
+        det.banks[name] = build_bank(
+            name,
+            rows,
+            config.coreset_ratio[name],
+            foreground_only=(name == "xyz"),
+            seed=config.seed,
+            projection_dim=config.projection_dim,
+            knn_backend=config.knn_backend,
+        )
+        timings[f"coreset_{name}_s"] = time.perf_counter() - t0
+        log.info(
+            "bank %s: %d rows -> %d (%.1fs)",
+            name,
+            len(rows),
+            len(det.banks[name].rows),
+            timings[f"coreset_{name}_s"],
+        )
+        del rows
+
+    t0 = time.perf_counter()
+    n_held = _count(heldout_features)
+    if n_held == 0:
+        raise ValueError("no held-out normal items to fit decision-layer fusion and the threshold on")
+    per_bank = heldout_scores(det, heldout_features, item_chunk)
+    names = config.bank_names
+    if len(names) > 1:
+        image_rows = np.stack([per_bank[n][0] for n in names], axis=1)
+        pixel_rows = np.stack([per_bank[n][1].reshape(-1) for n in names], axis=1)
+        det.image_svm, _ = fit_one_class_svm(image_rows, config.dlf_kernel, config.dlf_nu, seed=config.seed)
+        det.pixel_svm, _ = fit_one_class_svm(
+            pixel_rows, config.dlf_kernel, config.dlf_nu, max_rows=config.dlf_max_pixel_rows, seed=config.seed
+        )
+    final = det.combine({n: (torch.from_numpy(s), torch.from_numpy(m)) for n, (s, m) in per_bank.items()})
+    det._threshold = float(final.image_score.max())
+    timings["dlf_s"] = time.perf_counter() - t0
+    det.metadata = {
+        **dict(metadata or {}),
+        "n_bank_items": n_items,
+        "n_heldout_items": n_held,
+        "bank_rows": {n: int(b.rows.shape[0]) for n, b in det.banks.items()},
+        "threshold_rule": "max image score over held-out normal items",
+        "timings": timings,
+    }
+    det._version = None
+    return det
+
+
+def bank_rows(
+    det: M3DMDetector, features: Mapping[str, np.ndarray], name: str, item_chunk: int = 16
+) -> np.ndarray:
+    """All patch rows ``[n * h * w, C]`` of bank ``name``, filled chunk by chunk into one array."""
+    n = _count(features)
+    out: np.ndarray | None = None
+    at = 0
+    for start in range(0, n, item_chunk):
+        raw = {k: torch.from_numpy(np.asarray(v[start : start + item_chunk])) for k, v in features.items()}
+        grid = det.bank_grids(raw)[name]
+        rows = grid.flatten(2).transpose(1, 2).reshape(-1, grid.shape[1]).numpy()
+        if out is None:
+            out = np.empty((n * rows.shape[0] // len(grid), rows.shape[1]), dtype=np.float32)
+        out[at : at + len(rows)] = rows
+        at += len(rows)
+    assert out is not None
+    return out
+
+
+def heldout_scores(
+    det: M3DMDetector, features: Mapping[str, np.ndarray], item_chunk: int = 16
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per bank ``(image scores [n], maps [n, S, S])`` for the held-out items."""
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in det.config.bank_names}
+    n = _count(features)
+    for start in range(0, n, item_chunk):
+        raw = {k: torch.from_numpy(np.asarray(v[start : start + item_chunk])) for k, v in features.items()}
+        for name, pair in det.bank_scores(raw).items():
+            parts[name].append(pair)
+    return {
+        name: (torch.cat([p[0] for p in ps]).numpy(), torch.cat([p[1] for p in ps]).numpy())
+        for name, ps in parts.items()
+    }
+
+
+def _count(features: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(features.values()))) if features else 0
