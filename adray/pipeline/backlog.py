@@ -36,14 +36,14 @@ def delta(candidates: pa.Table, output: str, *, exclude_run: str | None = None) 
     con = connect(output)
     con.register("_candidates", candidates)
     retry = ", ".join(f"'{s}'" for s in RETRY_STATUSES)
-    kept = con.execute(
+    kept = con.sql(
         "SELECT c.* FROM _candidates c ANTI JOIN ("
         "  SELECT DISTINCT item_id, detector_version, content_token FROM results"
         f"  WHERE status NOT IN ({retry}) AND run_id IS DISTINCT FROM $exclude"
         ") r ON c.item_id = r.item_id AND c.detector_version = r.detector_version"
         " AND c.content_token IS NOT DISTINCT FROM r.content_token",
-        {"exclude": exclude_run},
-    ).fetch_arrow_table()
+        params={"exclude": exclude_run},
+    ).to_arrow_table()
     con.close()
     return kept.cast(candidates.schema) if kept.num_rows else candidates.slice(0, 0)
 

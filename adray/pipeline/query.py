@@ -55,6 +55,7 @@ def list_result_files(root: str) -> list[tuple[str, str]]:
     """``(url, run_id)`` of every Parquet file under ``root/results`` (run id from the file name)."""
     out = []
     base = storage.join_url(root, "results")
+    _fresh(base)
     if not storage.exists(base):
         return out
     for url, _ in storage.walk_files(base):
@@ -66,6 +67,7 @@ def list_result_files(root: str) -> list[tuple[str, str]]:
 
 def list_run_records(root: str) -> list[dict[str, Any]]:
     base = storage.join_url(root, "runs")
+    _fresh(base)
     if not storage.exists(base):
         return []
     records = []
@@ -76,6 +78,12 @@ def list_run_records(root: str) -> list[dict[str, Any]]:
             except (ValueError, FileNotFoundError):
                 continue  # a half-written or foreign file is not a committed run
     return records
+
+
+def _fresh(url: str) -> None:
+    """Drop cached listings: a long-lived process must see files written since its last look."""
+    loc = storage.resolve(url)
+    loc.fs.invalidate_cache()  # all of it: s3fs drops only a path and its parents, not cached subfolders
 
 
 def runs_table(records: list[dict[str, Any]]) -> pa.Table:
