@@ -102,7 +102,10 @@ def test_score_job_through_ray_job_submit(ray_head, s3_bucket, s3_server):
     catalog.write_manifest(sup.manifest_from_rows(rows), manifest)
     out = storage.join_url(s3_bucket, "out")
     submission = f"adray-job-{uuid.uuid4().hex[:8]}"
-    env_vars = {k: os.environ[k] for k in ("ADRAY_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
+    env_vars = {
+        k: os.environ[k]
+        for k in ("ADRAY_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
     cmd = [
         str(BIN / "ray"), "job", "submit", "--submission-id", submission, "--working-dir", ".",
         "--runtime-env-json", json.dumps({"env_vars": env_vars}),
