@@ -10,6 +10,7 @@ and checked (one row per applicable item and detector, no duplicates).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -246,4 +247,24 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init()  # bare: attaches under `ray job submit`, else starts an embedded local cluster
+        # Bare: attaches under `ray job submit` (RAY_ADDRESS) or to a running `ray start`; else starts an
+        # embedded local cluster. That one gets at least 4 logical CPUs: with as many as a 2-core machine
+        # has, Ray Data's download actor plus one scoring actor take every CPU and the read tasks wait
+        # forever (a deadlock seen here; see README "Design").
+        ray.init(num_cpus=embedded_num_cpus() if _starts_local_cluster() else None)
+
+
+def embedded_num_cpus() -> int:
+    return max(4, os.cpu_count() or 1)
+
+
+def _starts_local_cluster() -> bool:
+    """True when a bare ``ray.init()`` would start a new local cluster rather than attach to one."""
+    if os.environ.get("RAY_ADDRESS"):
+        return False
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        return not find_gcs_addresses()
+    except Exception:  # private API moved: attach-or-start as Ray decides
+        return False
