@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "pipeline": "pipeline",
     "bgad-fit": "bgad_fit",
     "m3dm": "m3dm",
+    "gpu": "gpu",  # CUDA paths + throughput; reports "no CUDA device" on CPU machines
 }
 
 
