@@ -182,5 +182,8 @@ def test_patch_labels_by_nearest_downsampling_and_copy_paste_mask():
     amask[3:6, 4:9] = True
     normal = np.zeros((16, 16, 3), np.uint8)
     image, new_mask = copy_paste(anomaly, amask, normal, rng)
+    assert np.array_equal(new_mask, amask)  # in place by default
+    assert (image[new_mask] > 100).all() and (image[~new_mask] == 0).all()
+    image, new_mask = copy_paste(anomaly, amask, normal, rng, placement="random")
     assert new_mask.sum() == amask.sum()
     assert (image[new_mask] > 100).all() and (image[~new_mask] == 0).all()

@@ -61,6 +61,7 @@ class BgadTrainConfig:
     seen_defects: tuple[str, ...] | None = None  # restrict training anomalies to these defect types
     anomaly_repeats: int = 5  # real anomalies appear this many times per epoch (official: 5)
     copy_paste_variants: int = 5  # synthetic copy-paste samples per anomaly (official: 5); 0 disables
+    copy_paste_placement: str = "in_place"  # or "random" (flip + move anywhere: textures)
     calibration_fraction: float = 0.1  # train/good held out to calibrate the threshold
     target_fpr: float = 0.01
     seed: int = 0

@@ -131,7 +131,11 @@ def load_items(rows: Sequence[Row], role: str, size: int) -> list[TrainItem]:
 
 
 def copy_paste_items(
-    anomalies: Sequence[TrainItem], normals: Sequence[TrainItem], variants: int, seed: int
+    anomalies: Sequence[TrainItem],
+    normals: Sequence[TrainItem],
+    variants: int,
+    seed: int,
+    placement: str = "in_place",
 ) -> list[TrainItem]:
     """``variants`` synthetic copy-paste samples per anomaly, seeded by ``(seed, anomaly item_id)``."""
     out = []
@@ -143,6 +147,6 @@ def copy_paste_items(
         rng = np.random.default_rng([seed, zlib.crc32(a.item_id.encode())])
         for v in range(variants):
             base = normals[int(rng.integers(len(normals)))]
-            image, mask = copy_paste(a.image, a.mask, base.image, rng)
+            image, mask = copy_paste(a.image, a.mask, base.image, rng, placement)
             out.append(TrainItem(f"{a.item_id}#cp{v}", image, mask, "synthetic"))
     return out

@@ -1,10 +1,10 @@
 """Image and mask handling for BGAD: resize to the model size, normalise, copy-paste anomalies.
 
 Copy-paste (simplified from the official ``MVTecFSCopyPasteDataset``): the defect pixels of a real
-anomaly (its mask), after a random flip and a brightness/contrast jitter, are pasted at a random position
-onto a normal training image; the new mask is the pasted region. The official version applies three
-random albumentations ops and keeps pastes inside a per-class foreground mask (``fg_mask.zip``), which is
-not available for arbitrary datasets.
+anomaly (its mask), after a brightness/contrast jitter, are pasted onto a normal training image, by
+default at the same position (``in_place``; or flipped and anywhere with ``random``); the new mask is the
+pasted region. The official version applies three random albumentations ops and keeps pastes in place
+when they fall inside a per-class foreground mask (``fg_mask.zip``), which arbitrary datasets lack.
 """
 
 from __future__ import annotations
@@ -49,15 +49,25 @@ def patch_labels(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def copy_paste(
-    anomaly: np.ndarray, mask: np.ndarray, normal: np.ndarray, rng: np.random.Generator
+    anomaly: np.ndarray,
+    mask: np.ndarray,
+    normal: np.ndarray,
+    rng: np.random.Generator,
+    placement: str = "in_place",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paste the masked defect of ``anomaly`` onto ``normal`` (all ``[S, S, ...]``) -> (image, mask)."""
+    """Paste the masked defect of ``anomaly`` onto ``normal`` (all ``[S, S, ...]``) -> (image, mask).
+
+    ``placement="in_place"`` keeps the defect where it was (right for aligned objects: a defect moved onto
+    the background would teach the flows that background is anomalous); ``"random"`` also flips it and moves
+    it anywhere (textures).
+    """
     size = normal.shape[0]
     defect, dmask = anomaly.astype(np.float32), mask.astype(bool)
-    if rng.random() < 0.5:
-        defect, dmask = defect[:, ::-1], dmask[:, ::-1]
-    if rng.random() < 0.5:
-        defect, dmask = defect[::-1], dmask[::-1]
+    if placement == "random":
+        if rng.random() < 0.5:
+            defect, dmask = defect[:, ::-1], dmask[:, ::-1]
+        if rng.random() < 0.5:
+            defect, dmask = defect[::-1], dmask[::-1]
     contrast, brightness = rng.uniform(0.9, 1.1), rng.uniform(-12.0, 12.0)
     defect = np.clip((defect - 127.5) * contrast + 127.5 + brightness, 0, 255)
     ys, xs = np.nonzero(dmask)
@@ -66,8 +76,10 @@ def copy_paste(
         return out, out_mask
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     h, w = y1 - y0, x1 - x0
-    ty = int(rng.integers(0, size - h + 1))
-    tx = int(rng.integers(0, size - w + 1))
+    ty, tx = y0, x0
+    if placement == "random":
+        ty = int(rng.integers(0, size - h + 1))
+        tx = int(rng.integers(0, size - w + 1))
     region = dmask[y0:y1, x0:x1]
     target = out[ty : ty + h, tx : tx + w]
     target[region] = defect[y0:y1, x0:x1][region].astype(np.uint8)

@@ -61,7 +61,9 @@ class FitSession:
         normals = load_items([r for r in plan.normal if owns(r["item_id"])], "normal", size)
         anomalies = load_items([r for r in plan.anomalies if owns(r["item_id"])], "anomaly", size)
         calibration = load_items([r for r in plan.calibration if owns(r["item_id"])], "calibration", size)
-        synthetic = copy_paste_items(anomalies, normals, train_cfg.copy_paste_variants, train_cfg.seed)
+        synthetic = copy_paste_items(
+            anomalies, normals, train_cfg.copy_paste_variants, train_cfg.seed, train_cfg.copy_paste_placement
+        )
         self.cache: FeatureCache = build_feature_cache(
             self.model, normals + anomalies + synthetic + calibration, device=self.device
         )
@@ -142,13 +144,15 @@ class FitSession:
         self, normaliser: Normaliser, threshold: float | None, *, metadata: dict[str, Any] | None = None
     ) -> BgadDetector:
         meta = {**self.plan.summary(), "target_fpr": self.train_cfg.target_fpr, **(metadata or {})}
+        if self.history:
+            meta["last_metrics"] = self.history[-1]
         return BgadDetector(
-            self.model.cpu(),
+            self.model,
             normaliser,
             threshold=threshold,
             train_config=self.train_cfg.to_dict(),
             metadata=meta,
-            device="cpu",
+            device=str(self.device),
         )
 
 
