@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        default="ViT-B-16-plus-240",
-        help="open_clip model for WinCLIP (adray-tiny-clip is a tiny random config for a quick look)",
+        default="auto",
+        help="open_clip model for WinCLIP; auto = ViT-B-16-plus-240 when its pretrained weights are cached, "
+        "else the tiny random config adray-tiny-clip (same code paths, seconds instead of minutes on a CPU)",
     )
     parser.add_argument("--categories", default="bottle,carpet", help="synthetic categories to generate")
     parser.add_argument("--size", type=int, default=128, help="synthetic image size in pixels")
@@ -52,24 +53,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", default=None, help="pin the run id (default: from the time)")
 
 
-def resolve_demo_weights(weights: str, model: str) -> tuple[str, str]:
-    """``(weights, note)``: with ``auto``, pretrained when they load from the local cache, else random."""
-    if weights != "auto":
-        return weights, f"--weights {weights}"
-    if model.startswith("adray-tiny"):
-        return "random", "tiny test config: random weights"
-    from adray.backbones.open_clip import DEFAULT_TAG, load_clip
+def resolve_demo_model(weights: str, model: str) -> tuple[str, str, str]:
+    """``(weights, model, note)``. ``auto`` weights: pretrained when they load from the local cache, else
+    random; ``auto`` model: ViT-B-16-plus-240 with pretrained weights, the tiny config with random ones."""
+    from adray.backbones.open_clip import DEFAULT_MODEL, DEFAULT_TAG, TINY_CLIP, load_clip
     from adray.backbones.weights import WeightsUnavailableError
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network in a demo
-    try:
-        load_clip(model, "pretrained", DEFAULT_TAG, device="cpu")
-    except WeightsUnavailableError:
-        return "random", (
-            "pretrained OpenCLIP weights are not in the local cache, so WinCLIP runs with RANDOM weights: the "
-            "pipeline is real, the scores are not meaningful (see README 'Offline weights' to stage them)"
-        )
-    return "pretrained", f"pretrained OpenCLIP weights ({model}, {DEFAULT_TAG}) found in the local cache"
+    full = DEFAULT_MODEL if model == "auto" else model
+    if weights != "auto":
+        return weights, full, f"{full}, --weights {weights}"
+    if full != TINY_CLIP:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network in a demo
+        try:
+            load_clip(full, "pretrained", DEFAULT_TAG, device="cpu")
+            return "pretrained", full, f"{full} with pretrained weights ({DEFAULT_TAG}) from the local cache"
+        except WeightsUnavailableError:
+            pass
+    chosen = TINY_CLIP if model == "auto" else full
+    return (
+        "random",
+        chosen,
+        (
+            f"no pretrained OpenCLIP weights in the local cache, so WinCLIP runs {chosen} with RANDOM weights: "
+            "every stage is real, the scores mean nothing (README 'Offline weights' says how to stage them)"
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,16 +108,16 @@ def run(args: argparse.Namespace) -> int:
     report = catalog_to(archive, manifest)
     print(report.summary())
 
-    weights, note = resolve_demo_weights(args.weights, args.model)
-    print(f"\n[3/4] scoring the test split with WinCLIP zero-shot on Ray ({note})")
-    plugins = ["adray.backbones.open_clip:register_tiny_clip"] if args.model.startswith("adray-tiny") else []
+    weights, model, note = resolve_demo_model(args.weights, args.model)
+    print(f"\n[3/4] scoring the test split with WinCLIP zero-shot on Ray: {note}")
+    plugins = ["adray.backbones.open_clip:register_tiny_clip"] if model.startswith("adray-tiny") else []
     config = ScoreConfig(
         input=manifest,
         output=scores,
         detectors=["winclip"],
         weights=weights,
         run_id=args.run_id,
-        detector_options={"model_name": args.model},
+        detector_options={"model_name": model},
         batch_size=4,
         plugins=plugins,
     )

@@ -244,27 +244,22 @@ def _check_and_count(
 
 
 def _ensure_ray() -> None:
+    """Attach like a bare ``ray.init()`` would (``ray job submit``'s RAY_ADDRESS, else a running local
+    ``ray start``); otherwise start an embedded local cluster with at least 4 logical CPUs. With as many
+    as a 2-core machine has, Ray Data's download actor plus one scoring actor take every CPU and the read
+    tasks wait forever (a deadlock seen here; see README "Design")."""
     import ray
 
-    if not ray.is_initialized():
-        # Bare: attaches under `ray job submit` (RAY_ADDRESS) or to a running `ray start`; else starts an
-        # embedded local cluster. That one gets at least 4 logical CPUs: with as many as a 2-core machine
-        # has, Ray Data's download actor plus one scoring actor take every CPU and the read tasks wait
-        # forever (a deadlock seen here; see README "Design").
-        ray.init(num_cpus=embedded_num_cpus() if _starts_local_cluster() else None)
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        ray.init(num_cpus=embedded_num_cpus())
 
 
 def embedded_num_cpus() -> int:
     return max(4, os.cpu_count() or 1)
-
-
-def _starts_local_cluster() -> bool:
-    """True when a bare ``ray.init()`` would start a new local cluster rather than attach to one."""
-    if os.environ.get("RAY_ADDRESS"):
-        return False
-    try:
-        from ray._private.services import find_gcs_addresses
-
-        return not find_gcs_addresses()
-    except Exception:  # private API moved: attach-or-start as Ray decides
-        return False
