@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_demo_model(weights: str, model: str) -> tuple[str, str, str]:
     """``(weights, model, note)``. ``auto`` weights: pretrained when they load from the local cache, else
     random; ``auto`` model: ViT-B-16-plus-240 with pretrained weights, the tiny config with random ones."""
+    # Never reach for the network in a demo; huggingface_hub reads this when it is first imported.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from adray.backbones.open_clip import DEFAULT_MODEL, DEFAULT_TAG, TINY_CLIP, load_clip
     from adray.backbones.weights import WeightsUnavailableError
 
@@ -63,7 +65,6 @@ def resolve_demo_model(weights: str, model: str) -> tuple[str, str, str]:
     if weights != "auto":
         return weights, full, f"{full}, --weights {weights}"
     if full != TINY_CLIP:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network in a demo
         try:
             load_clip(full, "pretrained", DEFAULT_TAG, device="cpu")
             return "pretrained", full, f"{full} with pretrained weights ({DEFAULT_TAG}) from the local cache"
