@@ -1,0 +1,139 @@
+"""WinCLIP scoring speed: zero-shot and k-shot images/s beside a plain CLIP image forward on the same images.
+
+``python jobs/benchmark.py winclip`` (defaults: ViT-B-16-plus-240 with seeded random weights, so nothing
+is downloaded; a batch of 4 images at 240 px; 2 threads; fp32 and bf16). Each timing is the best of
+``--repeats`` runs after one warm-up. bf16 rows also report the largest deviation of their image scores
+and maps from the fp32 ones (fp32 is the reference). The machine's load average is printed because shared
+machines make timings noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+#: anomalib 2.7 + open_clip 2.24, random weights, batch 4, 2 threads, this project's CPU machine (issue text)
+ANOMALIB_IMAGES_PER_S = 0.26
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip model name")
+    parser.add_argument(
+        "--weights", default="random", help="random (default, no download), pretrained or a file"
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--shots", type=int, default=4, help="reference images for the k-shot rows")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per row (best is reported)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16 (CUDA)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from adray.backbones.open_clip import load_clip
+    from adray.detectors.winclip import create_winclip
+
+    torch.set_num_threads(args.threads)
+    backbone = load_clip(args.model, args.weights, device=args.device)
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (args.batch_size + args.shots, 240, 240, 3), dtype=np.uint8)
+    rows: list[dict] = []
+    outputs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    queries = references = None
+    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+        detector = create_winclip(
+            class_name="bottle",
+            weights=args.weights,
+            model_name=args.model,
+            device=args.device,
+            precision=precision,
+        )
+        if queries is None:
+            images = torch.from_numpy(np.stack([detector.preprocess({"image": im})["image"] for im in raw]))
+            queries, references = images[: args.batch_size], list(raw[args.batch_size :])
+            seconds, _ = _best(_encode_image, (backbone, queries), args.repeats, backbone.device)
+            rows.append(_row("clip encode_image", "fp32", args.batch_size, seconds))
+        seconds, outputs[("zero-shot", precision)] = _best(
+            _score, (detector, queries), args.repeats, backbone.device
+        )
+        rows.append(_row("winclip zero-shot", precision, args.batch_size, seconds, outputs, "zero-shot"))
+        start = time.perf_counter()
+        detector.set_reference_images(references)
+        setup = time.perf_counter() - start
+        mode = f"winclip {args.shots}-shot"
+        seconds, outputs[(mode, precision)] = _best(
+            _score, (detector, queries), args.repeats, backbone.device
+        )
+        rows.append(_row(mode, precision, args.batch_size, seconds, outputs, mode))
+        rows[-1]["reference setup s"] = round(setup, 2)
+    zero = next(
+        (r["images/s"] for r in rows if r["mode"] == "winclip zero-shot" and r["precision"] == "fp32"), None
+    )
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    notes = [
+        f"{args.model} weights={args.weights} batch={args.batch_size} threads={args.threads} "
+        f"device={backbone.device}; best of {args.repeats} after a warm-up; load average {load}",
+        "deviation columns: max |bf16 - fp32| over the batch's image scores / maps (fp32 is the reference)",
+        f"anomalib 2.7 WinCLIP zero-shot on this project's CPU machine (issue text): {ANOMALIB_IMAGES_PER_S} "
+        "images/s; goal >= 2x",
+    ]
+    if zero and args.model == "ViT-B-16-plus-240":
+        notes.append(f"fp32 zero-shot vs anomalib: {zero / ANOMALIB_IMAGES_PER_S:.2f}x")
+    result = {"name": "winclip", "rows": rows, "notes": notes}
+    print(_table(result))
+    return result
+
+
+def _encode_image(backbone, images: torch.Tensor) -> None:
+    with torch.inference_mode():
+        backbone.model.encode_image(images.to(backbone.device))
+
+
+def _score(detector, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    return detector.score(images).numpy()
+
+
+def _best(fn: Callable, fn_args: tuple, repeats: int, device: torch.device) -> tuple[float, object]:
+    """Best wall time of ``repeats`` runs after a warm-up (allocator, kernels, bf16 weight copy), and the output."""
+    out = fn(*fn_args)
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn(*fn_args)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def _row(mode, precision, batch, seconds, outputs=None, key=None) -> dict:
+    row = {
+        "mode": mode,
+        "precision": precision,
+        "images/s": round(batch / seconds, 3),
+        "s/batch": round(seconds, 3),
+    }
+    if outputs is not None and precision != "fp32" and (key, "fp32") in outputs:
+        (scores, maps), (ref_scores, ref_maps) = outputs[(key, precision)], outputs[(key, "fp32")]
+        row["max |d score|"] = float(np.abs(scores - ref_scores).max())
+        row["max |d map|"] = float(np.abs(maps - ref_maps).max())
+    return row
+
+
+def _table(result: dict) -> str:
+    from adray.commands.benchmark import format_rows
+
+    return format_rows(result)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args())
