@@ -108,3 +108,18 @@ def test_truncated_text_encoding_equals_encode_text(backbone):
         torch.testing.assert_close(
             encode_text(backbone.model, tokens), backbone.model.encode_text(tokens), atol=1e-5, rtol=0
         )
+
+
+def test_mixed_precision_block_runner_equals_the_transformer(detector):
+    from adray.backbones.open_clip import bf16_matmul_weights, run_blocks_mixed, supports_mixed_blocks
+
+    transformer = detector.visual.transformer
+    assert supports_mixed_blocks(transformer)
+    x = torch.randn(7, 5, 64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = run_transformer(transformer, x)
+        torch.testing.assert_close(
+            run_blocks_mixed(transformer, x, torch.float32), expected, atol=1e-5, rtol=0
+        )
+        low = run_blocks_mixed(bf16_matmul_weights(transformer), x, torch.bfloat16)
+    assert low.dtype == torch.float32 and (low - expected).abs().max() < 0.1

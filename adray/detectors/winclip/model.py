@@ -20,7 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from adray.backbones.open_clip import ClipBackbone, bf16_matmul_weights, check_vit, run_transformer
+from adray.backbones.open_clip import (
+    ClipBackbone,
+    bf16_matmul_weights,
+    check_vit,
+    run_transformer,
+)
 from adray.detectors.base import ScoreBatch
 from adray.detectors.winclip import scoring
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings

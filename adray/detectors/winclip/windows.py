@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import nn
 
-from adray.backbones.open_clip import run_transformer
+from adray.backbones.open_clip import run_blocks_mixed, run_transformer
 
 
 @functools.lru_cache(maxsize=64)
@@ -94,13 +94,15 @@ def encode_windows(
     max_tokens: int = 32768,
     transformer: nn.Module | None = None,
     autocast: torch.dtype | None = None,
+    mixed: bool = False,
 ) -> torch.Tensor:
     """Window embeddings ``[N, n_windows, D]`` from embedded tokens ``[N, 1 + P, width]`` (:func:`embed_tokens`).
 
     ``indices`` ``[n_windows, k*k]`` are patch indices (:func:`window_indices`). Sequences go through the
     transformer in chunks of at most ``max_tokens`` tokens; each sequence is computed independently, so
     the result does not depend on the chunking or on the other images. ``transformer`` overrides
-    ``visual.transformer`` (e.g. its bf16-weight copy) and ``autocast`` runs the transformer under autocast.
+    ``visual.transformer`` (e.g. its bf16-weight copy); ``autocast`` runs the transformer under autocast, or,
+    with ``mixed``, through :func:`run_blocks_mixed` (fp32 residual stream, ``autocast`` dtype matmuls).
     """
     n_images = tokens.shape[0]
     cls = torch.zeros(indices.shape[0], 1, dtype=indices.dtype, device=indices.device)
@@ -110,8 +112,12 @@ def encode_windows(
     outputs = []
     for start in range(0, seqs.shape[0], per_chunk):
         x = visual.ln_pre(seqs[start : start + per_chunk])
-        with _autocast(x.device, autocast):
-            x = run_transformer(transformer if transformer is not None else visual.transformer, x)
+        blocks = transformer if transformer is not None else visual.transformer
+        if mixed and autocast is not None:
+            x = run_blocks_mixed(blocks, x, autocast)
+        else:
+            with _autocast(x.device, autocast):
+                x = run_transformer(blocks, x)
         outputs.append(visual.ln_post(x[:, 0].float()) @ visual.proj.float())
     return torch.cat(outputs).reshape(n_images, indices.shape[0], -1)
 
