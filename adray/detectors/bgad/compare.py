@@ -23,6 +23,7 @@ from adray import storage
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
 from adray.detectors.bgad.detector import BgadDetector
 from adray.detectors.bgad.images import resize_mask
+from adray.detectors.bgad.losses import LossConfig
 from adray.detectors.bgad.session import fit_bgad_local
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-focal", action="store_true", help="disable the asymmetric focal weights (see README)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
     args = p.parse_args(argv)
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         num_anomalies=args.num_anomalies,
         seed=args.seed,
+        loss=LossConfig(focal_weighting=not args.no_focal),
     )
     seen = [s for s in args.seen_defects.split(",") if s] or None
     result = compare_supervised(args.data, args.category, seen, model_cfg, train_cfg, device=args.device)
