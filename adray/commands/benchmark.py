@@ -76,6 +76,18 @@ def format_rows(result: dict) -> str:
     return "\n".join(lines)
 
 
+def combined(results: list[dict]) -> dict:
+    """All benchmarks as one long table: benchmark, what (the row's text fields), metric, value."""
+    rows = []
+    for res in results:
+        for r in res.get("rows", []):
+            label = " ".join(str(v) for v in r.values() if not isinstance(v, (int, float)) or isinstance(v, bool))
+            for k, v in r.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    rows.append({"benchmark": res.get("name"), "what": label, "metric": k, "value": v})
+    return {"name": "all benchmarks", "rows": rows, "notes": []}
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -94,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             res.setdefault("notes", []).append(f"wall time {time.perf_counter() - t0:.1f}s")
             results.append(res)
         print("\n\n".join(format_rows(r) for r in results))
+        print("\n" + format_rows(combined(results)))
     else:
         if getattr(args, "_unavailable", None):
             raise SystemExit(f"benchmark {args.benchmark!r} is unavailable here: {args._unavailable}")
