@@ -21,10 +21,10 @@ def dataset(tmp_path_factory):
         root,
         categories=("cookie",),
         image_size=64,
-        n_train=16,
-        n_validation=4,
-        n_test_good=8,
-        n_test_per_defect=4,
+        n_train=32,
+        n_validation=8,
+        n_test_good=12,
+        n_test_per_defect=6,
         defects=("dent_3d_only", "bump_3d_only", "color"),
         seed=0,
     )
@@ -41,24 +41,23 @@ def results(ray_session, dataset, tmp_path_factory):
 
 
 def test_builds_score_every_test_item_and_record_provenance(results):
-    assert results["rgb"]["n_test"] == results["rgb+xyz+uff"]["n_test"] == 8 + 3 * 4  # every test item scored
+    assert (
+        results["rgb"]["n_test"] == results["rgb+xyz+uff"]["n_test"] == 12 + 3 * 6
+    )  # every test item scored
     doc = read_artifact_config(results["rgb+xyz+uff"]["artifact"])
     meta = doc["metadata"]
-    assert meta["n_bank_items"] == 16 and meta["n_heldout_items"] == 4 and meta["skipped"] == []
+    assert meta["n_bank_items"] == 32 and meta["n_heldout_items"] == 8 and meta["skipped"] == []
     assert set(doc["files"]) == {"weights.safetensors", "banks.safetensors", "dlf.safetensors"}
     assert doc["config"]["backbones"]["point"] == "random:seed=0"
     assert meta["uff_final_loss"] is not None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="with tiny random backbones the 3D-only margin is within noise (measured 0.52-0.61 vs 0.59); "
-    "needs pretrained Point-MAE / DINO or a stronger tiny configuration (see README)",
-)
 def test_rgb_plus_xyz_beats_rgb_on_3d_only_defects(results):
+    # 12 good vs 12 3D-only test items (dents / bumps in xyz, rgb unchanged); see the README's figures
     print(json.dumps({k: v["auroc"] for k, v in results.items()}, indent=1))
     rgb, both = results["rgb"]["auroc"], results["rgb+xyz+uff"]["auroc"]
-    assert both["3d_only"] > rgb["3d_only"] + 0.05
+    assert both["3d_only"] >= 0.7
+    assert both["3d_only"] > rgb["3d_only"] + 0.15
 
 
 def test_build_command_writes_a_loadable_artifact(ray_session, dataset, tmp_path):
@@ -92,7 +91,7 @@ def test_pipeline_scores_the_artifact(ray_session, dataset, results, tmp_path):
     fs, path = storage.pyarrow_filesystem(storage.join_url(out, "results"))
     hive = pads.partitioning(pa.schema([("detector", pa.string()), ("date", pa.string())]), flavor="hive")
     rows = pads.dataset(path, filesystem=fs, format="parquet", partitioning=hive).to_table().to_pylist()
-    assert len(rows) == 8 + 3 * 4 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert len(rows) == 12 + 3 * 6 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     keep = [r for r in rows if r["label"] == 0 or str(r["defect_type"]).endswith("_3d_only")]
     auroc = image_auroc(np.array([r["label"] for r in keep]), np.array([r["image_score"] for r in keep]))
     assert auroc == pytest.approx(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adray.backbones.point_mae import (
+    MiniPointNet,
     PointCheckpointError,
     PointMAEConfig,
     PointMAEEncoder,
@@ -74,3 +75,20 @@ def test_checkpoint_keys_are_remapped_and_missing_keys_reported(tmp_path):
     torch.save({"base_model": state}, path)
     with pytest.raises(PointCheckpointError, match="norm.weight"):
         load_point_mae_checkpoint(PointMAEEncoder(cfg), str(path))
+
+
+def test_sample_batchnorm_uses_per_cloud_statistics_and_keeps_running_stats():
+    # official extractor: train-mode BN, statistics of the one cloud in the batch -> tokens do not depend
+    # on the input units; eval-mode (running) BN with random init is an identity and they do
+    torch.manual_seed(0)
+    sample = MiniPointNet(16, "sample").eval()
+    running = MiniPointNet(16, "running").eval()
+    running.load_state_dict(sample.state_dict())
+    groups = torch.randn(1, 8, 32, 3)
+    before = {k: v.clone() for k, v in sample.state_dict().items()}
+    a, b = sample(groups), sample(groups * 1000.0)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(running(groups), running(groups * 1000.0), rtol=1e-2)
+    assert all(torch.equal(v, sample.state_dict()[k]) for k, v in before.items())  # running stats untouched
+    with pytest.raises(ValueError, match="bn_stats"):
+        PointMAEConfig(bn_stats="train")
