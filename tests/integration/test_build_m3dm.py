@@ -97,3 +97,4 @@ def test_pipeline_scores_the_artifact(ray_session, dataset, results, tmp_path):
     assert auroc == pytest.approx(
         results["rgb+xyz+uff"]["auroc"]["3d_only"], abs=1e-6
     )  # same scores as detector.score
+    assert auroc > results["rgb"]["auroc"]["3d_only"] + 0.15  # rgb+xyz beats rgb on 3D-only, via the pipeline
