@@ -87,6 +87,7 @@ class Detector(Protocol):
 
 _REGISTRY: dict[str, type] = {}
 _FACTORIES: dict[str, Callable[..., Detector]] = {}
+_PREPROCESSORS: dict[str, Callable[..., Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]] = {}
 
 
 def register_detector(name: str, factory: Callable[..., Detector] | None = None) -> Callable[[type], type]:
@@ -107,6 +108,27 @@ def register_detector(name: str, factory: Callable[..., Detector] | None = None)
 
 def register_factory(name: str, factory: Callable[..., Detector]) -> None:
     _FACTORIES[name] = factory
+
+
+def register_preprocessor(
+    name: str, factory: Callable[..., Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]
+) -> None:
+    """Register a model-free preprocessor for a by-name detector.
+
+    ``factory(**options)`` takes the same options as the detector factory and returns a function equal to
+    ``create_detector(name, **options).preprocess`` that needs no weights: the pipeline's CPU decode tasks
+    use it so they never load a model (WinCLIP's preprocess needs only the image size and mean/std).
+    """
+    _PREPROCESSORS[name] = factory
+
+
+def create_preprocessor(
+    name: str, **options: Any
+) -> Callable[[Mapping[str, Any]], dict[str, np.ndarray]] | None:
+    """The registered model-free preprocessor for ``name`` with ``options``, or ``None`` if there is none."""
+    _import_builtin_detectors()
+    factory = _PREPROCESSORS.get(name)
+    return None if factory is None else factory(**options)
 
 
 def _import_builtin_detectors() -> None:
@@ -212,7 +234,9 @@ def save_artifact(
         "metadata": dict(metadata or {}),
         "files": files,
     }
-    storage.write_text(storage.join_url(uri, CONFIG_FILE), json.dumps(doc, indent=2, sort_keys=True, default=_json_default))
+    storage.write_text(
+        storage.join_url(uri, CONFIG_FILE), json.dumps(doc, indent=2, sort_keys=True, default=_json_default)
+    )
 
 
 def _json_default(o: Any) -> Any:
@@ -250,7 +274,9 @@ def load_artifact(
     for fname, digest in doc.get("files", {}).items():
         blob = storage.read_bytes(storage.join_url(uri, fname))
         if hashlib.sha256(blob).hexdigest() != digest:
-            raise ValueError(f"artifact file {storage.join_url(uri, fname)} does not match its recorded sha256")
+            raise ValueError(
+                f"artifact file {storage.join_url(uri, fname)} does not match its recorded sha256"
+            )
         groups[fname] = tensors_from_bytes(blob, device)
     weights = groups.pop(WEIGHTS_FILE, {})
     return doc, weights, groups

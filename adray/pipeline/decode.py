@@ -71,7 +71,7 @@ def decode_batch(batch: pa.Table, *, spec: DetectorSpec, max_pixels: int, needs_
             height[i], width[i] = sample["image"].shape[:2]
             sample["category"], sample["item_id"] = categories[i], item_ids[i]
             try:
-                packed[i] = pack_arrays(detectors.for_category(categories[i]).preprocess(sample))
+                packed[i] = pack_arrays(detectors.preprocess(categories[i], sample))
             except Exception as e:  # a detector's preprocess must not take the whole batch down
                 problem = ("error", f"preprocess failed: {type(e).__name__}: {e}")
         if problem:

@@ -24,12 +24,16 @@ from adray.pipeline.spec import DetectorSpec, load_plugins
 ANY_CATEGORY = "object"
 
 
+_MISSING = object()
+
+
 class DetectorSet:
     """Per-category detector instances of one spec, created on first use and cached."""
 
     def __init__(self, spec: DetectorSpec, loader: Callable[[str | None], Detector] | None = None) -> None:
         self.spec = spec
         self._by_key: dict[str, Detector] = {}
+        self._preprocessors: dict[str, Any] = {}
         self._loader = loader
 
     # ------------------------------------------------------------------------------ instances
@@ -44,6 +48,25 @@ class DetectorSet:
             det = self._loader(category) if self._loader else self._build(category)
             self._by_key[key] = det
         return det
+
+    def preprocess(self, category: str | None, sample: dict[str, Any]) -> dict[str, Any]:
+        """The detector's ``preprocess`` for ``category``; for by-name detectors with a registered
+        model-free preprocessor (WinCLIP), that one, so CPU decode tasks never load a model."""
+        if not self.spec.is_artifact:
+            fn = self._preprocessors.get("*", _MISSING)
+            if fn is _MISSING:
+                fn = self._preprocessors["*"] = self._model_free_preprocessor()
+            if fn is not None:
+                return fn(sample)
+        return self.for_category(category).preprocess(sample)
+
+    def _model_free_preprocessor(self) -> Any:
+        from adray.detectors.base import create_preprocessor
+
+        load_plugins(self.spec.plugins)
+        options = dict(self.spec.option_dict())
+        options.setdefault("weights", self.spec.weights)
+        return create_preprocessor(self.spec.ref, **options)
 
     def prototype(self) -> Detector:
         """Any one instance (the first built): name, modalities and categories do not vary by category."""

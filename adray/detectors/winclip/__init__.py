@@ -1,13 +1,15 @@
 """WinCLIP / WinCLIP+ zero-/few-shot anomaly detection (Jeong et al., CVPR 2023); see README.md here."""
 
-from adray.detectors.base import register_detector, register_factory
+from adray.detectors.base import register_detector, register_factory, register_preprocessor
 from adray.detectors.winclip.artifact import create_winclip, load_winclip, save_winclip
 from adray.detectors.winclip.model import WinClip, WinClipConfig
+from adray.detectors.winclip.preprocessing import winclip_preprocessor
 from adray.detectors.winclip.prompts import build_prompts, clean_class_name
 from adray.detectors.winclip.windows import harmonic_aggregation, window_indices
 
 register_detector("winclip")(WinClip)
 register_factory("winclip", create_winclip)
+register_preprocessor("winclip", winclip_preprocessor)
 
 __all__ = [
     "WinClip",
@@ -19,4 +21,5 @@ __all__ = [
     "load_winclip",
     "save_winclip",
     "window_indices",
+    "winclip_preprocessor",
 ]
