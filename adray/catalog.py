@@ -24,13 +24,10 @@ and manifest reading (Parquet / CSV / JSONL, validated and normalised) and strea
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -309,7 +306,7 @@ def write_manifest(table: pa.Table | Iterable[pa.RecordBatch], uri: str) -> int:
     if isinstance(table, pa.Table):
         schema = table.schema
     rows = 0
-    with _atomic_open(uri) as f:
+    with storage.open_atomic(uri) as f:
         writer: Any = None
         if ext in (".parquet", ".pq"):
             writer = pq.ParquetWriter(f, schema)
@@ -326,33 +323,6 @@ def write_manifest(table: pa.Table | Iterable[pa.RecordBatch], uri: str) -> int:
             if writer is not None:
                 writer.close()  # also on failure, before the partial output is thrown away
     return rows
-
-
-@contextlib.contextmanager
-def _atomic_open(uri: str) -> Iterator[Any]:
-    """A binary file that appears complete or not at all (temp + rename locally; abort the upload remotely)."""
-    loc = storage.resolve(uri)
-    if loc.protocol == "file":
-        parent = os.path.dirname(loc.path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                yield f
-            os.replace(tmp, loc.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return
-    f = loc.fs.open(loc.path, "wb")
-    try:
-        yield f
-    except BaseException:
-        if hasattr(f, "discard"):
-            f.discard()  # s3fs: abort the multipart upload and drop the buffer, write nothing
-            f.closed = True  # so that garbage collection does not "close" (upload) it
-        raise
-    f.close()
 
 
 def _json_line(row: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ through fsspec. Credentials never appear in logs or error messages.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -249,22 +250,42 @@ def read_bytes(url: str) -> bytes:
         _raise_friendly(e, url)
 
 
+@contextlib.contextmanager
+def open_atomic(url: str) -> Iterator[Any]:
+    """A binary file for streaming writes that appears complete or not at all: temp file + rename locally;
+    on object stores one upload that is aborted (s3fs: ``discard``) when the body raises."""
+    loc = resolve(url)
+    if loc.protocol == "file":
+        parent = os.path.dirname(loc.path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, loc.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    f = loc.fs.open(loc.path, "wb")
+    try:
+        yield f
+    except BaseException:
+        if hasattr(f, "discard"):
+            f.discard()  # s3fs: abort the multipart upload and drop the buffer, write nothing
+            f.closed = True  # so that garbage collection does not "close" (upload) it
+        raise
+    f.close()
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Write an object atomically: temp file + rename locally, a single PUT on object stores."""
     loc = resolve(url)
 
     def _write() -> None:
         if loc.protocol == "file":
-            parent = os.path.dirname(loc.path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, loc.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with open_atomic(url) as f:
+                f.write(data)
         else:
             # pipe_file is one PUT for objects below the multipart threshold (S3 PUTs are atomic).
             loc.fs.pipe_file(loc.path, data)

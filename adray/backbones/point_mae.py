@@ -174,7 +174,9 @@ class _Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
-class _Mlp(nn.Module):
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear (transformer MLP; also M3DM's fusion heads)."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -191,7 +193,7 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = _Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

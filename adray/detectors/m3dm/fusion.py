@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adray.backbones.point_mae import Mlp
 from adray.detectors.m3dm.alignment import upsample_rgb_grid
 
 
@@ -53,17 +54,6 @@ class FusionConfig:
         return self.xyz_dim + self.rgb_dim
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class FeatureFusion(nn.Module):
     """``fuse(xyz [P, Cx], rgb [P, Cr]) -> [P, Cx + Cr]``; ``loss(xyz, rgb)`` for training."""
 
@@ -71,9 +61,9 @@ class FeatureFusion(nn.Module):
         super().__init__()
         self.config = cfg = config or FusionConfig()
         self.xyz_norm = nn.LayerNorm(cfg.xyz_dim)
-        self.xyz_mlp = _Mlp(cfg.xyz_dim, int(cfg.xyz_dim * cfg.mlp_ratio))
+        self.xyz_mlp = Mlp(cfg.xyz_dim, int(cfg.xyz_dim * cfg.mlp_ratio))
         self.rgb_norm = nn.LayerNorm(cfg.rgb_dim)
-        self.rgb_mlp = _Mlp(cfg.rgb_dim, int(cfg.rgb_dim * cfg.mlp_ratio))
+        self.rgb_mlp = Mlp(cfg.rgb_dim, int(cfg.rgb_dim * cfg.mlp_ratio))
         self.xyz_head = nn.Linear(cfg.xyz_dim, cfg.head_dim)
         self.rgb_head = nn.Linear(cfg.rgb_dim, cfg.head_dim)
 
