@@ -33,7 +33,7 @@ class DetectorSet:
     def __init__(self, spec: DetectorSpec, loader: Callable[[str | None], Detector] | None = None) -> None:
         self.spec = spec
         self._by_key: dict[str, Detector] = {}
-        self._preprocessors: dict[str, Any] = {}
+        self._preprocessor: Any = _MISSING  # the model-free preprocessor, resolved on first use
         self._loader = loader
 
     # ------------------------------------------------------------------------------ instances
@@ -53,11 +53,10 @@ class DetectorSet:
         """The detector's ``preprocess`` for ``category``; for by-name detectors with a registered
         model-free preprocessor (WinCLIP), that one, so CPU decode tasks never load a model."""
         if not self.spec.is_artifact:
-            fn = self._preprocessors.get("*", _MISSING)
-            if fn is _MISSING:
-                fn = self._preprocessors["*"] = self._model_free_preprocessor()
-            if fn is not None:
-                return fn(sample)
+            if self._preprocessor is _MISSING:
+                self._preprocessor = self._model_free_preprocessor()
+            if self._preprocessor is not None:
+                return self._preprocessor(sample)
         return self.for_category(category).preprocess(sample)
 
     def _model_free_preprocessor(self) -> Any:

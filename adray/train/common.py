@@ -40,18 +40,19 @@ def distributed() -> bool:
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """Element-wise max over ranks (identity without a process group)."""
-    if not distributed():
-        return t
-    out = t.clone().to(_collective_device())
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out.to(t.device)
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks (identity without a process group)."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
+
+
+def _all_reduce(t: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     if not distributed():
         return t
     out = t.clone().to(_collective_device())
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out.to(t.device)
 
 
