@@ -124,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch device in the scoring actors (default: cuda when --num-gpus > 0, else cpu)",
     )
     run.add_argument(
+        "--no-retain-memory",
+        dest="retain_memory",
+        action="store_false",
+        help="leave glibc's allocator at its defaults in the scoring actors (by default they keep freed "
+        "blocks for reuse, which saves re-faulting large activations every batch; see adray/runtime.py)",
+    )
+    run.add_argument(
         "--summary-json", default=None, metavar="URI", help="also write the run summary as JSON here"
     )
 
@@ -155,6 +162,7 @@ def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreC
         rows_per_block=args.rows_per_block,
         device=args.device,
         plugins=args.plugins or [],
+        retain_memory=getattr(args, "retain_memory", True),
     )
 
 

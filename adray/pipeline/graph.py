@@ -66,6 +66,7 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
             "spec": job.spec,
             "warm_category": _first(work, "category"),
             "torch_threads": 0 if config.num_gpus else max(1, int(config.num_cpus)),
+            "retain_memory": config.retain_memory,
         },
         compute=ray.data.ActorPoolStrategy(size=config.actors),
         batch_size=config.batch_size,

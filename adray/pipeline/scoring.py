@@ -26,9 +26,19 @@ from adray.pipeline.spec import DetectorSpec
 class ScoringActor:
     """Ray Data UDF: preprocessed rows in, scores and low-resolution maps out (pyarrow batches)."""
 
-    def __init__(self, spec: DetectorSpec, warm_category: str | None = None, torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        spec: DetectorSpec,
+        warm_category: str | None = None,
+        torch_threads: int = 0,
+        retain_memory: bool = True,
+    ) -> None:
         import torch
 
+        if retain_memory:  # no page-fault storm per batch; see adray.runtime
+            from adray.runtime import retain_freed_memory
+
+            retain_freed_memory()
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.detectors = DetectorSet(spec)

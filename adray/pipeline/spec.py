@@ -81,6 +81,7 @@ class ScoreConfig:
     rows_per_block: int = 64  # manifest rows per input block (streaming granularity)
     device: str | None = None  # torch device inside the actors (default: cuda if num_gpus else cpu)
     plugins: list[str] = field(default_factory=list)  # "pkg.mod[:function]" to load in every worker
+    retain_memory: bool = True  # actors keep freed blocks for reuse (adray.runtime.retain_freed_memory)
 
     def validated(self) -> ScoreConfig:
         """Check values a person typed; fill the run id. Returns ``self`` for chaining."""

@@ -75,7 +75,9 @@ class FeatureActor:
         import torch
 
         from adray.detectors.m3dm.features import FeatureExtractor
+        from adray.runtime import retain_freed_memory
 
+        retain_freed_memory()  # a long-lived actor: reuse activation memory across batches
         torch.set_num_threads(max(1, threads))
         self.config = M3DMConfig.from_dict(config)
         self.device = device
