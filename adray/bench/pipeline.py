@@ -138,13 +138,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["actor_ratio"] = r["actor_items_per_s"] / bare_ips
     rows += runs
     small, large = runs
+    actor_env = cfg.actor_env_vars()
     extra = large["wall_s"] - small["wall_s"]
     marginal = 3 * args.n / extra if extra > 0 else float("nan")
     large["marginal_items_per_s"] = marginal
     large["marginal_ratio"] = marginal / bare_ips
     notes = [
         f"WinCLIP {args.model} (random weights), {args.image_size}px PNGs, batch {args.batch_size}, "
-        f"{args.actors} actor(s), torch threads {args.threads}, retain freed memory: {args.retain_memory}",
+        f"{args.actors} actor(s), torch threads {args.threads}, retain freed memory: {args.retain_memory}, "
+        f"scoring actor env: {actor_env}",
         f"bare loop {bare_ips:.3g} items/s (mean of {bare_before:.3g} before and {bare_after:.3g} after the "
         "pipeline runs, each without a Ray cluster running when this benchmark started it)",
         f"throughput ratio pipeline/bare, end to end: {small['ratio_vs_bare']:.2f} at N={args.n}, "

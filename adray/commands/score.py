@@ -131,6 +131,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "blocks for reuse, which saves re-faulting large activations every batch; see adray/runtime.py)",
     )
     run.add_argument(
+        "--actor-env",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="environment variable for the scoring actors (repeatable); CPU actors default to "
+        "OMP_WAIT_POLICY=PASSIVE unless this or the driver's environment sets it",
+    )
+    run.add_argument(
         "--summary-json", default=None, metavar="URI", help="also write the run summary as JSON here"
     )
 
@@ -163,7 +171,19 @@ def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreC
         device=args.device,
         plugins=args.plugins or [],
         retain_memory=getattr(args, "retain_memory", True),
+        actor_env=parse_env(getattr(args, "actor_env", None)),
     )
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--actor-env wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
 
 
 def run(args: argparse.Namespace, *, delta: bool = False) -> int:

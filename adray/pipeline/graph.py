@@ -73,6 +73,8 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
         batch_format="pyarrow",
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus,
+        # merged with the job's runtime_env (env_vars are merged key by key, other fields inherited)
+        **({"runtime_env": {"env_vars": env}} if (env := config.actor_env_vars()) else {}),
         udf_modifying_row_count=False,
     )
     return ds.map_batches(

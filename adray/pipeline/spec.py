@@ -82,6 +82,7 @@ class ScoreConfig:
     device: str | None = None  # torch device inside the actors (default: cuda if num_gpus else cpu)
     plugins: list[str] = field(default_factory=list)  # "pkg.mod[:function]" to load in every worker
     retain_memory: bool = True  # actors keep freed blocks for reuse (adray.runtime.retain_freed_memory)
+    actor_env: dict[str, str] = field(default_factory=dict)  # extra env vars for scoring actors (see actor_env_vars)
 
     def validated(self) -> ScoreConfig:
         """Check values a person typed; fill the run id. Returns ``self`` for chaining."""
@@ -113,6 +114,20 @@ class ScoreConfig:
         storage.resolve(self.input)
         storage.resolve(self.output)
         return self
+
+    def actor_env_vars(self) -> dict[str, str]:
+        """Environment of the scoring actors: ``actor_env`` over the defaults.
+
+        CPU actors default to ``OMP_WAIT_POLICY=PASSIVE`` (unless the driver's environment sets it): they
+        share the node's cores with Ray's own processes, and a torch thread that spins at a barrier while its
+        partner is preempted holds a core the partner could run on. Measured on 2 cores (README, pipeline
+        figures): 0.30 vs 0.28 items/s in the actor; a bare loop without Ray gains nothing from it.
+        """
+        env: dict[str, str] = {}
+        if self.num_gpus == 0 and "OMP_WAIT_POLICY" not in os.environ:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        env.update({str(k): str(v) for k, v in self.actor_env.items()})
+        return env
 
     def actor_device(self) -> str:
         return self.device or ("cuda" if self.num_gpus > 0 else "cpu")

@@ -123,3 +123,19 @@ def test_applicability_by_modality_and_category():
     assert rgb.applies_to("bottle", False) and not rgb.applies_to("carpet", False)
     xyz = DetectorSet(XYZ)
     assert xyz.applies_to("any", True) and not xyz.applies_to("any", False)
+
+
+def test_cpu_scoring_actors_default_to_a_passive_omp_wait_policy(monkeypatch) -> None:
+    from adray.commands.score import parse_env
+    from adray.pipeline.spec import ScoreConfig
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cpu = ScoreConfig(input="in", output="out")
+    assert cpu.actor_env_vars() == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert ScoreConfig(input="in", output="out", num_gpus=1).actor_env_vars() == {}
+    pinned = ScoreConfig(input="in", output="out", actor_env=parse_env(["OMP_WAIT_POLICY=ACTIVE", "X=1=2"]))
+    assert pinned.actor_env_vars() == {"OMP_WAIT_POLICY": "ACTIVE", "X": "1=2"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the person's own setting wins over the default
+    assert cpu.actor_env_vars() == {}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_env(["novalue"])
