@@ -6,7 +6,8 @@ tens of MiB many times per batch, so each of them comes back as fresh pages that
 and zero: on the 2-core CI machine that was ~1 s of system time per WinCLIP ViT-B/16+ image (of ~3.5 s).
 :func:`retain_freed_memory` raises both thresholds so freed blocks stay in the heap and are reused: the
 process keeps its peak working set (which a scoring process touches again on the next batch anyway) and
-the system time drops to ~0.05 s per image (measured with ``jobs/benchmark.py pipeline``; see README).
+the system time dropped to 0.05-0.2 s per image (a one-off ``os.times`` measurement around
+``detector.score``; the pipeline benchmark's figures with and without it are in the README).
 """
 
 from __future__ import annotations
