@@ -31,6 +31,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -94,21 +95,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         retain_memory=args.retain_memory,
     )
     score_archive(warm)
+    measured = ScoreConfig(
+        input=manifests[0][1],
+        output=work,
+        detectors=["winclip"],
+        weights="random",
+        detector_options=options,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        num_cpus=args.threads,
+        retain_memory=args.retain_memory,
+    )
     runs: list[dict[str, Any]] = []
     for n, manifest in manifests:
         out = os.path.join(work, f"out-{n}")
-        cfg = ScoreConfig(
-            input=manifest,
-            output=out,
-            detectors=["winclip"],
-            weights="random",
-            detector_options=options,
-            batch_size=args.batch_size,
-            actors=args.actors,
-            num_cpus=args.threads,
-            run_id=f"bench-{n}",
-            retain_memory=args.retain_memory,
-        )
+        cfg = replace(measured, input=manifest, output=out, run_id=f"bench-{n}")
         with _PeakRss() as peak:
             t0 = time.perf_counter()
             summary = score_archive(cfg)
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["actor_ratio"] = r["actor_items_per_s"] / bare_ips
     rows += runs
     small, large = runs
-    actor_env = cfg.actor_env_vars()
+    actor_env = measured.actor_env_vars()
     extra = large["wall_s"] - small["wall_s"]
     marginal = 3 * args.n / extra if extra > 0 else float("nan")
     large["marginal_items_per_s"] = marginal

@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 
-from adray.pipeline.spec import ScoreConfig, parse_options
+from adray.pipeline.spec import ScoreConfig, parse_env, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -170,20 +170,9 @@ def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreC
         rows_per_block=args.rows_per_block,
         device=args.device,
         plugins=args.plugins or [],
-        retain_memory=getattr(args, "retain_memory", True),
-        actor_env=parse_env(getattr(args, "actor_env", None)),
+        retain_memory=args.retain_memory,
+        actor_env=parse_env(args.actor_env),
     )
-
-
-def parse_env(pairs: list[str] | None) -> dict[str, str]:
-    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}``."""
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--actor-env wants KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
 
 
 def run(args: argparse.Namespace, *, delta: bool = False) -> int:

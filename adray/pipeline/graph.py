@@ -48,6 +48,9 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
     if job.needs_xyz:
         pc_fs, _ = storage.pyarrow_filesystem(_first(work, "pc_uri") or _first(work, "uri"))
         ds = ds.with_column(PC_BYTES, download("pc_uri", filesystem=pc_fs))
+    env = config.actor_env_vars()
+    # merged with the job's runtime_env (env_vars key by key; its other fields are inherited)
+    actor_runtime = {"runtime_env": {"env_vars": env}} if env else {}
     cpu_spec = replace(job.spec, device="cpu")  # preprocessing never needs the accelerator
     ds = ds.map_batches(
         decode_batch,
@@ -73,8 +76,7 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
         batch_format="pyarrow",
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus,
-        # merged with the job's runtime_env (env_vars are merged key by key, other fields inherited)
-        **({"runtime_env": {"env_vars": env}} if (env := config.actor_env_vars()) else {}),
+        **actor_runtime,
         udf_modifying_row_count=False,
     )
     return ds.map_batches(

@@ -197,12 +197,25 @@ _LOADED_PLUGINS: set[str] = set()
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     """``["model_name=adray-tiny-clip", "image_size=64"]`` -> dict; values are JSON when they parse."""
     out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--detector-option wants KEY=VALUE, got {pair!r}")
+    for key, value in split_pairs(pairs, "--detector-option").items():
         try:
             out[key] = json.loads(value)
         except ValueError:
             out[key] = value
+    return out
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}`` (values stay strings)."""
+    return split_pairs(pairs, "--actor-env")
+
+
+def split_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> dict (split at the first ``=``); a pair without one names ``flag``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} wants KEY=VALUE, got {pair!r}")
+        out[key] = value
     return out

@@ -126,8 +126,7 @@ def test_applicability_by_modality_and_category():
 
 
 def test_cpu_scoring_actors_default_to_a_passive_omp_wait_policy(monkeypatch) -> None:
-    from adray.commands.score import parse_env
-    from adray.pipeline.spec import ScoreConfig
+    from adray.pipeline.spec import ScoreConfig, parse_env
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     cpu = ScoreConfig(input="in", output="out")
