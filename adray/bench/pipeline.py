@@ -1,15 +1,18 @@
 """`jobs/benchmark.py pipeline`: the Ray Data pipeline against the bare detector, and memory at N vs 4N items.
 
-One run, same images, same detector (WinCLIP with random weights; by default the paper's
-``ViT-B-16-plus-240`` at 240 px, ``--model adray-tiny-clip`` for a model so small that the pipeline's
-per-item costs dominate):
+Same images, same detector (WinCLIP with random weights; by default the paper's ``ViT-B-16-plus-240`` at
+240 px, ``--model adray-tiny-clip`` for a model so small that the pipeline's per-item costs dominate), in
+``--repeats`` rounds of:
 
 - **bare loop**: read bytes, decode, preprocess, score in batches, in this process, ``torch`` on
-  ``--threads`` threads, after loading the model and one untimed warm-up batch. It runs before and after the
-  pipeline runs and the mean is the reference: the machine's speed drifts by 10-20 % over minutes here.
-- **pipeline**: ``score_archive`` over a manifest of the same N items, then of 4N items, on a local Ray
-  cluster started and warmed up (one untimed small run) before timing; the time includes actor start and
-  model load per run, mask PNG writes and Parquet writes: what a user of a running cluster waits for.
+  ``--threads`` threads, over the 4N items, after loading the model and one untimed warm-up batch. It runs
+  before the first round and after each, with no Ray cluster up (when this benchmark starts Ray); a round's
+  reference is the mean of the bare loops on either side of it: the machine's speed drifts by 10-20 % over
+  minutes here.
+- **pipeline**: ``score_archive`` over a manifest of N items, then of 4N items, on the embedded local Ray
+  cluster a scoring job starts (``adray.pipeline.runner.start_embedded_ray``), warmed up by one untimed small
+  run; the time includes actor start and model load per run, mask PNG writes and Parquet writes: what a
+  user of a running cluster waits for.
 
 Both sides use the same allocator setting (``adray.runtime.retain_freed_memory``; ``--no-retain-memory``
 turns it off on both). Throughput ratio = pipeline items/s / bare items/s, end to end per run and
@@ -61,40 +64,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave glibc's allocator at its defaults in the bare loop and the scoring actors",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="repeat (bare loop, pipeline N, pipeline 4N) this many times and report the median ratio: "
+        "a 2-core VM's speed drifts by 10-20 %% over minutes",
+    )
     parser.add_argument("--workdir", default="bench_out/pipeline", help="where images, results and masks go")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from adray.pipeline import ScoreConfig, score_archive
+    from adray.pipeline import ScoreConfig
 
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     work = os.path.abspath(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     manifests = _write_archive(work, args.n, args.image_size)
     options = {"model_name": args.model}
-    bare = _BareLoop(options, args)
-    bare_before = bare.items_per_s(manifests[0][1])
-
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=max(4, 2 * args.actors + 2), include_dashboard=False, log_to_driver=False)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    # Warm-up (untimed): Ray starts worker processes and imports torch/open_clip once per process; a
-    # long-running cluster has paid that already, so neither measured run should.
-    warm = ScoreConfig(
-        input=manifests[0][1],
-        output=os.path.join(work, "out-warmup"),
-        detectors=["winclip"],
-        weights="random",
-        detector_options=options,
-        limit=min(args.n, args.batch_size),
-        run_id="bench-warmup",
-        retain_memory=args.retain_memory,
-    )
-    score_archive(warm)
     measured = ScoreConfig(
         input=manifests[0][1],
         output=work,
@@ -106,10 +96,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         num_cpus=args.threads,
         retain_memory=args.retain_memory,
     )
-    runs: list[dict[str, Any]] = []
+    bare = _BareLoop(options, args)
+    own_ray = not ray.is_initialized()  # else: attached by the caller, and the bare loop runs beside it
+    rows: list[dict[str, Any]] = []
+    repeats: list[dict[str, Any]] = []
+    bare_ips = bare.items_per_s(manifests[1][1])
+    rows.append(_bare_row(0, 4 * args.n, bare_ips))
+    for rep in range(1, args.repeats + 1):
+        small, large = _pipeline_pair(measured, manifests, work, rep, own_ray, args)
+        bare_next = bare.items_per_s(manifests[1][1])
+        rows.append(small)
+        rows.append(large)
+        rows.append(_bare_row(rep, 4 * args.n, bare_next))
+        reference = (bare_ips + bare_next) / 2  # the bare loop on either side of this repeat
+        for r in (small, large):
+            r["ratio_vs_bare"] = r["items_per_s"] / reference
+            r["actor_ratio"] = r["actor_items_per_s"] / reference
+        extra = large["wall_s"] - small["wall_s"]
+        large["marginal_items_per_s"] = marginal = 3 * args.n / extra if extra > 0 else float("nan")
+        large["marginal_ratio"] = marginal / reference
+        repeats.append({"bare": (bare_ips, bare_next), "small": small, "large": large})
+        bare_ips = bare_next
+    result = {"name": "pipeline", "rows": rows, "notes": _notes(args, measured, repeats)}
+    _print(result)
+    return result
+
+
+def _pipeline_pair(
+    measured: Any,
+    manifests: list[tuple[int, str]],
+    work: str,
+    rep: int,
+    own_ray: bool,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One repeat: the embedded cluster up and warm, the N run, the 4N run, the cluster down again."""
+    import ray
+
+    from adray.pipeline import score_archive
+    from adray.pipeline.runner import start_embedded_ray
+
+    if own_ray:  # what `jobs/score.py` starts when no cluster is running
+        start_embedded_ray(num_cpus=max(4, 2 * args.actors + 2), log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    # Warm-up (untimed): Ray starts worker processes and imports torch/open_clip once per process; a
+    # long-running cluster has paid that already, so neither measured run should.
+    warm = replace(
+        measured,
+        output=os.path.join(work, f"out-warmup-{rep}"),
+        limit=min(args.n, args.batch_size),
+        actors=1,
+        run_id=f"bench-warmup-{rep}",
+    )
+    score_archive(warm)
+    runs = []
     for n, manifest in manifests:
-        out = os.path.join(work, f"out-{n}")
-        cfg = replace(measured, input=manifest, output=out, run_id=f"bench-{n}")
+        _wait_for_scoring_actors_to_exit()  # the last run's actor frees its model while exiting
+        out = os.path.join(work, f"out-{rep}-{n}")
+        cfg = replace(measured, input=manifest, output=out, run_id=f"bench-{rep}-{n}")
         with _PeakRss() as peak:
             t0 = time.perf_counter()
             summary = score_archive(cfg)
@@ -117,6 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs.append(
             {
                 "mode": "pipeline",
+                "repeat": rep,
                 "items": n,
                 "wall_s": wall,
                 "items_per_s": summary.total("scored_now") / wall,
@@ -126,43 +173,75 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "rows_ok": summary.total("ok"),
             }
         )
-    if started_ray:  # Ray's idle processes take ~0.1 core here; the bare loop runs without them
+    if own_ray:  # Ray's idle processes slow a plain loop by ~15 % here; the bare loop runs without them
         ray.shutdown()
-    bare_after = bare.items_per_s(manifests[0][1])
-    bare_ips = (bare_before + bare_after) / 2
-    rows: list[dict[str, Any]] = [
-        {"mode": "bare loop (before)", "items": args.n, "items_per_s": bare_before, "wall_s": args.n / bare_before},
-        {"mode": "bare loop (after)", "items": args.n, "items_per_s": bare_after, "wall_s": args.n / bare_after},
-    ]
-    for r in runs:
-        r["ratio_vs_bare"] = r["items_per_s"] / bare_ips
-        r["actor_ratio"] = r["actor_items_per_s"] / bare_ips
-    rows += runs
-    small, large = runs
-    actor_env = measured.actor_env_vars()
-    extra = large["wall_s"] - small["wall_s"]
-    marginal = 3 * args.n / extra if extra > 0 else float("nan")
-    large["marginal_items_per_s"] = marginal
-    large["marginal_ratio"] = marginal / bare_ips
-    notes = [
+    return runs[0], runs[1]
+
+
+def _bare_row(rep: int, items: int, items_per_s: float) -> dict[str, Any]:
+    when = "before the pipeline runs" if rep == 0 else f"after repeat {rep}"
+    return {
+        "mode": f"bare loop ({when})",
+        "repeat": rep,
+        "items": items,
+        "items_per_s": items_per_s,
+        "wall_s": items / items_per_s,
+    }
+
+
+def _notes(args: argparse.Namespace, measured: Any, repeats: list[dict[str, Any]]) -> list[str]:
+    marginal = [r["large"]["marginal_ratio"] for r in repeats]
+    in_actor = [r["large"]["actor_ratio"] for r in repeats]
+    end_to_end = [r["large"]["ratio_vs_bare"] for r in repeats]
+    small_rss = max(r["small"]["peak_rss_mb"] for r in repeats)
+    large_rss = max(r["large"]["peak_rss_mb"] for r in repeats)
+    listed = ", ".join
+    return [
         f"WinCLIP {args.model} (random weights), {args.image_size}px PNGs, batch {args.batch_size}, "
         f"{args.actors} actor(s), torch threads {args.threads}, retain freed memory: {args.retain_memory}, "
-        f"scoring actor env: {actor_env}",
-        f"bare loop {bare_ips:.3g} items/s (mean of {bare_before:.3g} before and {bare_after:.3g} after the "
-        "pipeline runs, each without a Ray cluster running when this benchmark started it)",
-        f"throughput ratio pipeline/bare, end to end: {small['ratio_vs_bare']:.2f} at N={args.n}, "
-        f"{large['ratio_vs_bare']:.2f} at 4N; marginal (3N extra items / extra wall time, which cancels "
-        f"the per-run start-up): {marginal:.3g} items/s = {large['marginal_ratio']:.2f} of bare (goal >= 0.85)",
-        f"inside the scoring actor (items / summed latency_ms) at 4N: {large['actor_items_per_s']:.3g} items/s "
-        f"= {large['actor_ratio']:.2f} of bare",
-        f"peak RSS driver+Ray: {small['peak_rss_mb']:.0f} MB at N, {large['peak_rss_mb']:.0f} MB at 4N "
-        f"(x{large['peak_rss_mb'] / max(small['peak_rss_mb'], 1):.2f}; goal: flat)",
+        f"scoring actor env: {measured.actor_env_vars()}",
+        f"{len(repeats)} repeat(s) of: bare loop over the 4N items, then the pipeline on N={args.n} and 4N items; "
+        "each repeat's reference is the mean of the bare loops on either side of it",
+        f"bare loop items/s: {listed(f'{r:.3g}' for r in _bare_rates(repeats))}",
+        f"throughput ratio pipeline/bare, marginal (3N extra items / extra wall time, which cancels the per-run "
+        f"start-up) per repeat: {listed(f'{m:.2f}' for m in marginal)}; median {_median(marginal):.2f} "
+        "(goal >= 0.85)",
+        f"inside the scoring actor (items / summed latency_ms) at 4N per repeat: "
+        f"{listed(f'{m:.2f}' for m in in_actor)} of bare; median {_median(in_actor):.2f}",
+        f"end to end at 4N (incl. actor start + model load) per repeat: {listed(f'{m:.2f}' for m in end_to_end)}",
+        f"peak RSS driver+Ray (max over repeats): {small_rss:.0f} MB at N, {large_rss:.0f} MB at 4N "
+        f"(x{large_rss / max(small_rss, 1):.2f}; goal: flat)",
         "pipeline time includes actor start + model load, mask PNG and Parquet writes (after one untimed warm-up "
-        "run that starts Ray's worker processes); bare loop excludes model load",
+        "run per repeat that starts Ray's worker processes); bare loop excludes model load",
     ]
-    result = {"name": "pipeline", "rows": rows, "notes": notes}
-    _print(result)
-    return result
+
+
+def _bare_rates(repeats: list[dict[str, Any]]) -> list[float]:
+    """Every bare-loop measurement in order (each one sits between two repeats)."""
+    return [repeats[0]["bare"][0], *(r["bare"][1] for r in repeats)] if repeats else []
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def _wait_for_scoring_actors_to_exit(timeout_s: float = 60.0) -> None:
+    """Ray Data lets a finished pool's actors go asynchronously; a ViT-B actor takes seconds to exit."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    me = psutil.Process()
+    while time.monotonic() < deadline:
+        alive = []
+        for p in me.children(recursive=True):
+            try:
+                if "ScoringActor" in " ".join(p.cmdline()[:1]):
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        if not alive:
+            return
+        time.sleep(0.2)
 
 
 def _actor_rate(output: str) -> float:
@@ -289,6 +368,7 @@ class _PeakRss:
 
 def _print(result: dict[str, Any]) -> None:
     cols = [
+        "repeat",
         "mode",
         "items",
         "wall_s",

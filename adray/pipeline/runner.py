@@ -243,11 +243,21 @@ def _check_and_count(
         )
 
 
+#: Ray settings of the embedded local cluster: its timers report less often. Each of Ray's processes wakes on
+#: its own timers; on a 2-core machine every wake-up preempts one of torch's threads in the scoring actor and
+#: stalls the other at the next barrier. Idle, this cut Ray's CPU from 1.87 to 1.58 CPU-s per 30 s here
+#: (README "Pipeline vs the bare detector"). A cluster the job attaches to keeps its own settings.
+EMBEDDED_RAY_SYSTEM_CONFIG: dict[str, object] = {
+    "raylet_report_resources_period_milliseconds": 1000,  # default 100; one node has nobody to tell
+    "metrics_report_interval_ms": 60_000,  # default 10 s; no dashboard or Prometheus is watching
+    "task_events_report_interval_ms": 5_000,  # default 1 s; the state API lags by up to 5 s
+    "event_stats": False,  # per-handler event-loop statistics, for debugging Ray itself
+}
+
+
 def _ensure_ray() -> None:
     """Attach like a bare ``ray.init()`` would (``ray job submit``'s RAY_ADDRESS, else a running local
-    ``ray start``); otherwise start an embedded local cluster with at least 4 logical CPUs. With as many
-    as a 2-core machine has, Ray Data's download actor plus one scoring actor take every CPU and the read
-    tasks wait forever (a deadlock seen here; see README "Design")."""
+    ``ray start``); otherwise start an embedded local cluster (:func:`start_embedded_ray`)."""
     import ray
 
     if ray.is_initialized():
@@ -258,7 +268,22 @@ def _ensure_ray() -> None:
     try:
         ray.init(address="auto")
     except ConnectionError:
-        ray.init(num_cpus=embedded_num_cpus())
+        start_embedded_ray()
+
+
+def start_embedded_ray(num_cpus: int | None = None, **init_kwargs: object) -> None:
+    """Start the job's own local Ray cluster: at least 4 logical CPUs (with as many as a 2-core machine has,
+    Ray Data's download actor plus one scoring actor take every CPU and the read tasks wait forever, a
+    deadlock seen here; see README "Design"), quieter timers (:data:`EMBEDDED_RAY_SYSTEM_CONFIG`) and no
+    dashboard: it would die with the job. For a dashboard, ``ray start --head`` first; jobs attach to it."""
+    import ray
+
+    init_kwargs.setdefault("include_dashboard", False)
+    ray.init(
+        num_cpus=num_cpus or embedded_num_cpus(),
+        _system_config=dict(EMBEDDED_RAY_SYSTEM_CONFIG),
+        **init_kwargs,  # type: ignore[arg-type]
+    )
 
 
 def embedded_num_cpus() -> int:
