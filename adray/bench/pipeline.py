@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="repeat (bare loop, pipeline N, pipeline 4N) this many times and report the median ratio: "
         "a 2-core VM's speed drifts by 10-20 %% over minutes",
     )
+    parser.add_argument(
+        "--ray-default-timers",
+        action="store_true",
+        help="start the embedded cluster with Ray's default report timers instead of the scoring jobs' "
+        "quieter ones (adray.pipeline.runner.EMBEDDED_RAY_SYSTEM_CONFIG), to measure what they change",
+    )
     parser.add_argument("--workdir", default="bench_out/pipeline", help="where images, results and masks go")
 
 
@@ -137,7 +143,8 @@ def _pipeline_pair(
     from adray.pipeline.runner import start_embedded_ray
 
     if own_ray:  # what `jobs/score.py` starts when no cluster is running
-        start_embedded_ray(num_cpus=max(4, 2 * args.actors + 2), log_to_driver=False)
+        timers = {} if args.ray_default_timers else None
+        start_embedded_ray(num_cpus=max(4, 2 * args.actors + 2), system_config=timers, log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -199,7 +206,8 @@ def _notes(args: argparse.Namespace, measured: Any, repeats: list[dict[str, Any]
     return [
         f"WinCLIP {args.model} (random weights), {args.image_size}px PNGs, batch {args.batch_size}, "
         f"{args.actors} actor(s), torch threads {args.threads}, retain freed memory: {args.retain_memory}, "
-        f"scoring actor env: {measured.actor_env_vars()}",
+        f"scoring actor env: {measured.actor_env_vars()}, Ray timers: "
+        f"{'default' if args.ray_default_timers else 'quiet (EMBEDDED_RAY_SYSTEM_CONFIG)'}",
         f"{len(repeats)} repeat(s) of: bare loop over the 4N items, then the pipeline on N={args.n} and 4N items; "
         "each repeat's reference is the mean of the bare loops on either side of it",
         f"bare loop items/s: {listed(f'{r:.3g}' for r in _bare_rates(repeats))}",

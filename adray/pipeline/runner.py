@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -271,17 +272,20 @@ def _ensure_ray() -> None:
         start_embedded_ray()
 
 
-def start_embedded_ray(num_cpus: int | None = None, **init_kwargs: object) -> None:
+def start_embedded_ray(
+    num_cpus: int | None = None, system_config: dict[str, object] | None = None, **init_kwargs: object
+) -> Any:
     """Start the job's own local Ray cluster: at least 4 logical CPUs (with as many as a 2-core machine has,
     Ray Data's download actor plus one scoring actor take every CPU and the read tasks wait forever, a
-    deadlock seen here; see README "Design"), quieter timers (:data:`EMBEDDED_RAY_SYSTEM_CONFIG`) and no
-    dashboard: it would die with the job. For a dashboard, ``ray start --head`` first; jobs attach to it."""
+    deadlock seen here; see README "Design"), quieter timers (``system_config``, default
+    :data:`EMBEDDED_RAY_SYSTEM_CONFIG`; ``{}`` for Ray's own) and no dashboard: it would die with the job.
+    For a dashboard, ``ray start --head`` first; jobs attach to it. Returns ``ray.init``'s context."""
     import ray
 
     init_kwargs.setdefault("include_dashboard", False)
-    ray.init(
+    return ray.init(
         num_cpus=num_cpus or embedded_num_cpus(),
-        _system_config=dict(EMBEDDED_RAY_SYSTEM_CONFIG),
+        _system_config=dict(EMBEDDED_RAY_SYSTEM_CONFIG if system_config is None else system_config),
         **init_kwargs,  # type: ignore[arg-type]
     )
 

@@ -8,7 +8,9 @@ import math
 from adray.bench import pipeline as bench
 
 
-def test_pipeline_benchmark_scores_every_item_and_reports_ratios_per_repeat(ray_session, tmp_path, capsys) -> None:
+def test_pipeline_benchmark_scores_every_item_and_reports_ratios_per_repeat(
+    ray_session, tmp_path, capsys
+) -> None:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(
