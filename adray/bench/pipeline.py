@@ -35,11 +35,14 @@ import shutil
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adray import storage
+
+if TYPE_CHECKING:
+    from adray.pipeline import ScoreConfig
 
 TINY = "adray-tiny-clip"
 PAPER_MODEL = "ViT-B-16-plus-240"
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pipeline_pair(
-    measured: Any,
+    measured: ScoreConfig,
     manifests: list[tuple[int, str]],
     work: str,
     rep: int,
@@ -196,7 +199,7 @@ def _bare_row(rep: int, items: int, items_per_s: float) -> dict[str, Any]:
     }
 
 
-def _notes(args: argparse.Namespace, measured: Any, repeats: list[dict[str, Any]]) -> list[str]:
+def _notes(args: argparse.Namespace, measured: ScoreConfig, repeats: list[dict[str, Any]]) -> list[str]:
     marginal = [r["large"]["marginal_ratio"] for r in repeats]
     in_actor = [r["large"]["actor_ratio"] for r in repeats]
     end_to_end = [r["large"]["ratio_vs_bare"] for r in repeats]
@@ -234,7 +237,8 @@ def _median(values: list[float]) -> float:
 
 
 def _wait_for_scoring_actors_to_exit(timeout_s: float = 60.0) -> None:
-    """Ray Data lets a finished pool's actors go asynchronously; a ViT-B actor takes seconds to exit."""
+    """Ray Data lets a finished pool's actors go asynchronously; a ViT-B actor takes seconds to exit.
+    Gives up quietly after ``timeout_s``: the next run then starts beside an exiting actor."""
     import psutil
 
     deadline = time.monotonic() + timeout_s

@@ -44,9 +44,3 @@ def test_pipeline_benchmark_scores_every_item_and_reports_ratios_per_repeat(
     assert large["peak_rss_mb"] > 0
     out = capsys.readouterr().out
     assert "goal >= 0.85" in out and "median" in out
-
-
-def test_median_of_repeats() -> None:
-    assert bench._median([0.9, 0.7, 1.0]) == 0.9
-    assert bench._median([0.8, 1.0]) == 0.9
-    assert math.isnan(bench._median([]))
