@@ -1,4 +1,4 @@
-"""Process-level settings for CPU inference: glibc's allocator and torch's threads.
+"""Process-level settings for CPU inference: glibc's allocator.
 
 glibc hands every allocation above a *dynamic* threshold (128 KiB, rising to at most 32 MiB) its own
 ``mmap`` and returns it to the kernel on ``free``. A ViT forward pass allocates and frees activations of

@@ -124,9 +124,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extra = large["wall_s"] - small["wall_s"]
         large["marginal_items_per_s"] = marginal = 3 * args.n / extra if extra > 0 else float("nan")
         large["marginal_ratio"] = marginal / reference
-        repeats.append({"bare": (bare_ips, bare_next), "small": small, "large": large})
+        repeats.append({"small": small, "large": large})
         bare_ips = bare_next
-    result = {"name": "pipeline", "rows": rows, "notes": _notes(args, measured, repeats)}
+    bare_rates = [r["items_per_s"] for r in rows if r["mode"].startswith("bare")]
+    result = {"name": "pipeline", "rows": rows, "notes": _notes(args, measured, repeats, bare_rates)}
     _print(result)
     return result
 
@@ -199,7 +200,9 @@ def _bare_row(rep: int, items: int, items_per_s: float) -> dict[str, Any]:
     }
 
 
-def _notes(args: argparse.Namespace, measured: ScoreConfig, repeats: list[dict[str, Any]]) -> list[str]:
+def _notes(
+    args: argparse.Namespace, measured: ScoreConfig, repeats: list[dict[str, Any]], bare_rates: list[float]
+) -> list[str]:
     marginal = [r["large"]["marginal_ratio"] for r in repeats]
     in_actor = [r["large"]["actor_ratio"] for r in repeats]
     end_to_end = [r["large"]["ratio_vs_bare"] for r in repeats]
@@ -213,7 +216,7 @@ def _notes(args: argparse.Namespace, measured: ScoreConfig, repeats: list[dict[s
         f"{'default' if args.ray_default_timers else 'quiet (EMBEDDED_RAY_SYSTEM_CONFIG)'}",
         f"{len(repeats)} repeat(s) of: bare loop over the 4N items, then the pipeline on N={args.n} and 4N items; "
         "each repeat's reference is the mean of the bare loops on either side of it",
-        f"bare loop items/s: {listed(f'{r:.3g}' for r in _bare_rates(repeats))}",
+        f"bare loop items/s: {listed(f'{r:.3g}' for r in bare_rates)}",
         f"throughput ratio pipeline/bare, marginal (3N extra items / extra wall time, which cancels the per-run "
         f"start-up) per repeat: {listed(f'{m:.2f}' for m in marginal)}; median {_median(marginal):.2f} "
         "(goal >= 0.85)",
@@ -225,11 +228,6 @@ def _notes(args: argparse.Namespace, measured: ScoreConfig, repeats: list[dict[s
         "pipeline time includes actor start + model load, mask PNG and Parquet writes (after one untimed warm-up "
         "run per repeat that starts Ray's worker processes); bare loop excludes model load",
     ]
-
-
-def _bare_rates(repeats: list[dict[str, Any]]) -> list[float]:
-    """Every bare-loop measurement in order (each one sits between two repeats)."""
-    return [repeats[0]["bare"][0], *(r["bare"][1] for r in repeats)] if repeats else []
 
 
 def _median(values: list[float]) -> float:
