@@ -212,6 +212,11 @@ def _train_loop(config: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         if config.get("fail_after_epoch") is not None and meta_epoch == int(config["fail_after_epoch"]):
+            # report() hands the checkpoint to the controller asynchronously: failing at once could beat its
+            # commit, and the resumed run would start from scratch (seen as a flaky resume test)
+            ray.train.get_all_reported_checkpoints(
+                consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120
+            )
             raise RuntimeError(f"injected failure after meta-epoch {meta_epoch} (--fail-after-epoch)")
     normaliser, threshold, source = session.finalise(common.all_reduce_max, common.all_gather_uneven)
     if rank == 0:
