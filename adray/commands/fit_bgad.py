@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
 from adray.detectors.bgad.losses import LossConfig
@@ -60,9 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="false-positive rate of the stored threshold on held-out normals (default %(default)s)",
     )
     g = parser.add_argument_group("model")
-    g.add_argument("--backbone", default=m.backbone, help="any timm model name, optionally name.tag")
     g.add_argument(
-        "--pretrained-tag", default=m.pretrained_tag, help="pinned timm weight tag (default %(default)s)"
+        "--backbone",
+        default=m.backbone,
+        help="any timm model name, optionally name.tag; a bare name takes timm's default tag for it "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--pretrained-tag",
+        default=m.pretrained_tag,
+        help="timm weight tag for a bare --backbone name (default: none, i.e. the tag in the name or timm's "
+        "default for a bare name); one that differs from a tag in the name is an error",
     )
     g.add_argument(
         "--weights", default=m.weights, help="pretrained | random (tests) | PATH to a weights file"
@@ -104,6 +113,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainConfig]:
+    """The configs the flags describe; exits with status 2 when --backbone/--pretrained-tag name no weights."""
+    from adray.backbones.timm_features import check_model_name
+    from adray.backbones.weights import BackboneNameError
+
+    try:
+        check_model_name(args.backbone, args.pretrained_tag or None)
+    except BackboneNameError as e:
+        print(f"adray fit-bgad: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     model_cfg = BgadConfig(
         category=args.category,
         backbone=args.backbone,

@@ -11,13 +11,13 @@ from adray.detectors.bgad.losses import LossConfig
 
 @dataclass
 class BgadConfig:
-    """Backbone, flows and scoring. ``weights`` is ``pretrained | random | PATH``."""
+    """Backbone, flows and scoring. ``weights`` is ``pretrained | random | PATH``; ``backbone`` is a timm
+    name, with or without ``.tag`` (see :func:`adray.backbones.timm_features.resolve_model_name`)."""
 
     category: str = ""
-    backbone: str = "tf_efficientnet_b6"
-    pretrained_tag: str | None = (
-        "aa_in1k"  # pinned: plain "tf_efficientnet_b6" means ns_jft_in1k in timm>=0.9
-    )
+    # the paper's B6 is timm's old plain "tf_efficientnet_b6", now tag aa_in1k (bare B6 is ns_jft_in1k in timm>=0.9)
+    backbone: str = "tf_efficientnet_b6.aa_in1k"
+    pretrained_tag: str | None = None  # for a bare backbone name; a tag in the name wins, a different one errs
     weights: str = "pretrained"
     backbone_seed: int = 0  # only for weights="random"
     image_size: int = 256

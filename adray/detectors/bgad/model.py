@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adray.backbones.timm_features import backbone_from_record, backbone_record, feature_channels
+from adray.backbones.timm_features import backbone_record, feature_channels, load_backbone
 from adray.detectors.bgad.config import BgadConfig
 from adray.detectors.bgad.flows import build_conditional_flow, log_likelihood
 from adray.detectors.bgad.positional import condition_rows
@@ -38,17 +38,17 @@ class Normaliser:
 
 
 class BgadModel(nn.Module):
-    """Backbone + flows. ``backbone_info`` is what the artifact records to rebuild the same backbone."""
+    """Backbone + flows. ``backbone_info`` is what the artifact records to rebuild the same backbone: given
+    (an artifact's), it is kept as is and checked against the weights found; else it is what was loaded."""
 
     def __init__(self, cfg: BgadConfig, backbone_info: dict | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        if backbone_info is None:
-            backbone_info = backbone_record(
-                cfg.backbone, cfg.weights, pretrained_tag=cfg.pretrained_tag, seed=cfg.backbone_seed
-            )
-        self.backbone_info = backbone_info
-        self.backbone = backbone_from_record(backbone_info, features_only=True, out_indices=cfg.out_indices)
+        record = backbone_info or backbone_record(
+            cfg.backbone, cfg.weights, pretrained_tag=cfg.pretrained_tag, seed=cfg.backbone_seed
+        )
+        self.backbone, loaded = load_backbone(record, features_only=True, out_indices=cfg.out_indices)
+        self.backbone_info = backbone_info if backbone_info is not None else loaded
         self.channels = feature_channels(self.backbone)
         self.flows = nn.ModuleList(
             build_conditional_flow(
