@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from adray.evaluation import EvalConfig, evaluate, write_report
+from adray.catalog import CatalogError
+from adray.evaluation import EvalConfig, EvaluationError, evaluate, write_report
 from adray.evaluation.published import DATASET_CATEGORIES
 from adray.evaluation.report import METRIC_LABELS
+from adray.storage import StorageError
 
 log = logging.getLogger(__name__)
+# Errors a person can act on (bad flag value, nothing to evaluate, missing or unreadable input): one line
+# and exit code 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (EvaluationError, CatalogError, FileNotFoundError, PermissionError, StorageError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,22 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = EvalConfig(
-        pixel_size=args.pixel_size,
-        fpr_limit=args.fpr_limit,
-        target_fprs=tuple(args.target_fpr or (0.01, 0.05, 0.1)),
-        worst=args.worst,
-    )
-    doc = evaluate(
-        args.results,
-        args.input,
-        artifacts=args.artifact,
-        run_ids=args.run_id,
-        detectors=args.detector,
-        dataset=None if args.dataset == "none" else args.dataset,
-        config=config,
-    )
-    json_url, html_url = write_report(doc, args.report)
+    try:
+        config = EvalConfig(
+            pixel_size=args.pixel_size,
+            fpr_limit=args.fpr_limit,
+            target_fprs=tuple(args.target_fpr or (0.01, 0.05, 0.1)),
+            worst=args.worst,
+        )
+        doc = evaluate(
+            args.results,
+            args.input,
+            artifacts=args.artifact,
+            run_ids=args.run_id,
+            detectors=args.detector,
+            dataset=None if args.dataset == "none" else args.dataset,
+            config=config,
+        )
+        json_url, html_url = write_report(doc, args.report)
+    except USER_ERRORS as e:
+        print(f"adray evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(summary_table(doc))
     print(f"metrics: {json_url}\nreport:  {html_url}")
     return 0

@@ -6,6 +6,12 @@ Means are unweighted over categories, as the papers report them. Pixel metrics a
 ``pixel_size`` x ``pixel_size`` (maps bilinear, masks nearest; BGAD evaluates at 256, M3DM at 224) or, with
 ``pixel_size=0``, at each ground-truth mask's own resolution (the official MVTec protocol).
 
+Ground truth is read as :mod:`adray.evaluation.ground_truth` describes: masks binarised at half range, a
+mask whose shape does not line up with its image left out of pixel metrics (named in the notes), and a
+note when more than one mask file fits an image. A category whose evaluated test items are all of one
+class gets no image AUROC / AUPR / F1-max (``None``, with a note) and so stays out of their means: AUPR
+and F1-max of an all-anomalous set are 1 whatever the scores, which would inflate the mean.
+
 Also produced for the report: ROC and PRO curves (thinned), score histograms of normal vs anomalous items,
 thresholds at target false-positive rates with the recall and precision they give, and the worst misses:
 anomalous items that most normal items outrank (false negatives) and normal items that outrank most
@@ -24,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from adray import metrics, storage
+from adray.evaluation.ground_truth import MaskChecks, mask_shape_problem, other_mask_files
 from adray.evaluation.join import (
     FitExclusions,
     collect_fit_exclusions,
@@ -32,17 +39,25 @@ from adray.evaluation.join import (
     load_results,
 )
 from adray.evaluation.published import DATASET_NAMES, default_setting, published_for, recognise_dataset
-from adray.io.images import read_mask, resize_mask
-from adray.io.masks import decode_map_png16, resize_map
+from adray.io.images import resize_mask
+from adray.io.masks import decode_map_png16, read_ground_truth_mask, resize_map
 
 log = logging.getLogger(__name__)
 IMAGE_METRICS = ("image_auroc", "aupr", "f1_max")
 PIXEL_METRICS = ("pixel_auroc", "aupro")
 
 
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked (bad setting, nothing to evaluate); the message says why."""
+
+
 @dataclass
 class EvalConfig:
-    """How to evaluate; defaults follow the MVTec AD conventions (AUPRO up to FPR 0.3)."""
+    """How to evaluate; defaults follow the MVTec AD conventions (AUPRO up to FPR 0.3).
+
+    Raises EvaluationError for out-of-range values (``fpr_limit`` outside (0, 1], a target FPR outside
+    [0, 1], a negative ``pixel_size``, ...).
+    """
 
     pixel_size: int = 256  # 0 = each ground-truth mask's resolution
     fpr_limit: float = 0.3
@@ -51,6 +66,21 @@ class EvalConfig:
     curve_points: int = 200
     hist_bins: int = 24
     io_threads: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.fpr_limit) <= 1.0:  # also refuses NaN
+            raise EvaluationError(
+                f"--fpr-limit (fpr_limit) must lie in (0, 1], got {self.fpr_limit}: AUPRO integrates the "
+                "PRO curve up to this false-positive rate and divides by it (0.3 is the MVTec AD convention)"
+            )
+        bad = [t for t in self.target_fprs if not 0.0 <= float(t) <= 1.0]
+        if bad:
+            raise EvaluationError(f"--target-fpr (target_fprs) values must lie in [0, 1], got {bad}")
+        for name, least in (("pixel_size", 0), ("worst", 0), ("curve_points", 2), ("hist_bins", 1),
+                            ("io_threads", 1)):  # fmt: skip
+            if int(getattr(self, name)) < least:
+                flag = f"--{name.replace('_', '-')} ({name})"
+                raise EvaluationError(f"{flag} must be at least {least}, got {getattr(self, name)}")
 
 
 def evaluate(
@@ -67,7 +97,7 @@ def evaluate(
     config = config or EvalConfig()
     results, records = load_results(results_root, run_ids=run_ids, detectors=detectors)
     if results.empty:
-        raise ValueError(
+        raise EvaluationError(
             f"no committed results under {results_root}"
             + (f" for runs {run_ids}" if run_ids else "")
             + (f" for detectors {detectors}" if detectors else "")
@@ -107,18 +137,27 @@ def evaluate_frame(
         "config": asdict(config),
         "detectors": {},
     }
+    with_masks = frame[(frame["label"] == 1) & frame["gt_mask_uri"].notna()]["gt_mask_uri"]
+    candidates = other_mask_files(str(u) for u in with_masks.unique()) if len(with_masks) else {}
     for det, part in frame.groupby("detector", sort=True):
-        out["detectors"][det] = _evaluate_detector(str(det), part, config, dataset, shots.get(str(det)))
+        out["detectors"][det] = _evaluate_detector(
+            str(det), part, config, dataset, shots.get(str(det)), candidates
+        )
     return out
 
 
 def _evaluate_detector(
-    det: str, part: pd.DataFrame, config: EvalConfig, dataset: str | None, shots: int | None
+    det: str,
+    part: pd.DataFrame,
+    config: EvalConfig,
+    dataset: str | None,
+    shots: int | None,
+    candidates: dict[str, list[str]],
 ) -> dict[str, Any]:
     categories: dict[str, Any] = {}
     ranked = []
     for cat, rows in part.groupby("category", sort=True):
-        categories[str(cat)] = _evaluate_category(rows, config)
+        categories[str(cat)] = _evaluate_category(rows, config, candidates)
         ranked.append(_rank_misses(rows))
     ranked_df = pd.concat(ranked) if ranked else part.iloc[:0]
     mean: dict[str, Any] = {"n_categories": {}}
@@ -126,6 +165,7 @@ def _evaluate_detector(
         values = [c[metric] for c in categories.values() if c.get(metric) is not None]
         mean[metric] = float(np.mean(values)) if values else None
         mean["n_categories"][metric] = len(values)
+    mean["one_class_categories"] = sorted(cat for cat, c in categories.items() if c["one_class"])
     setting = default_setting(det, shots)
     return {
         "versions": sorted({str(v) for v in part["detector_version"].unique()}),
@@ -142,13 +182,23 @@ def _evaluate_detector(
     }
 
 
-def _evaluate_category(rows: pd.DataFrame, config: EvalConfig) -> dict[str, Any]:
+def _evaluate_category(
+    rows: pd.DataFrame, config: EvalConfig, candidates: dict[str, list[str]]
+) -> dict[str, Any]:
     labels = rows["label"].to_numpy(dtype=np.int64)
     scores = rows["image_score"].to_numpy(dtype=np.float64)
     normal, anomalous = scores[labels == 0], scores[labels == 1]
     res: dict[str, Any] = {"n_normal": int(normal.size), "n_anomalous": int(anomalous.size), "notes": []}
-    for metric in IMAGE_METRICS:
-        res[metric] = _safe(getattr(metrics, metric), labels, scores, notes=res["notes"], name=metric)
+    res["one_class"] = not (normal.size and anomalous.size)
+    if res["one_class"]:
+        res.update(dict.fromkeys(IMAGE_METRICS))
+        res["notes"].append(
+            f"the evaluated test items are of one class only ({normal.size} normal, {anomalous.size} "
+            "anomalous): no image AUROC / AUPR / F1-max, and the category is left out of their means"
+        )
+    else:
+        for metric in IMAGE_METRICS:
+            res[metric] = _safe(getattr(metrics, metric), labels, scores, notes=res["notes"], name=metric)
     if normal.size and anomalous.size:
         fpr, tpr, _ = metrics.roc_curve_points(labels, scores)
         res["roc"] = _thin({"fpr": fpr, "tpr": tpr}, config.curve_points)
@@ -160,20 +210,43 @@ def _evaluate_category(rows: pd.DataFrame, config: EvalConfig) -> dict[str, Any]
     if len(own):
         t = float(own.median())
         res["detector_threshold"] = {"threshold": t, **_rates(normal, anomalous, t)}
-    res.update(_pixel_level(rows, config, res["notes"]))
+    res.update(_pixel_level(rows, config, res["notes"], candidates))
     lo, hi = rows["map_min"].min(), rows["map_max"].max()
     res["map_range"] = [float(lo), float(hi)] if pd.notna(lo) and pd.notna(hi) else None
     return res
 
 
-def _pixel_level(rows: pd.DataFrame, config: EvalConfig, notes: list[str]) -> dict[str, Any]:
+def _pixel_level(
+    rows: pd.DataFrame, config: EvalConfig, notes: list[str], candidates: dict[str, list[str]]
+) -> dict[str, Any]:
     out: dict[str, Any] = {"pixel_auroc": None, "aupro": None, "n_pixel_items": 0}
     usable = rows[rows["mask_uri"].notna() & ((rows["label"] == 0) | rows["gt_mask_uri"].notna())]
     if usable.empty or not (usable["label"] == 1).any():
         notes.append("pixel metrics need anomaly maps and ground-truth masks of anomalous items; none found")
         return out
     with ThreadPoolExecutor(max_workers=config.io_threads) as pool:
-        pairs = list(pool.map(lambda r: _load_pair(r, config.pixel_size), usable.itertuples(index=False)))
+        loaded = list(pool.map(lambda r: _load_pair(r, config.pixel_size), usable.itertuples(index=False)))
+    checks = MaskChecks()
+    pairs = []
+    for row, (mask, amap, problem) in zip(usable.itertuples(index=False), loaded):
+        item = str(row.item_id)
+        if row.label == 1 and str(row.gt_mask_uri) in candidates:
+            checks.ambiguous[item] = {
+                "used": str(row.gt_mask_uri).rpartition("/")[2],
+                "others": candidates[str(row.gt_mask_uri)],
+            }
+        if problem is None:
+            pairs.append((mask, amap))
+        elif problem[0] == "rescaled":
+            checks.rescaled[item] = problem[1]
+            pairs.append((mask, amap))
+        else:
+            (checks.mismatched if problem[0] == "shape" else checks.unreadable)[item] = problem[1]
+    out["mask_checks"] = checks.to_dict()
+    notes.extend(checks.notes())
+    if not any(m is not None for m, _ in pairs):
+        notes.append("pixel metrics not computed: no anomalous item with a usable ground-truth mask is left")
+        return out
     try:
         pm = metrics.pixel_metrics(
             [m for m, _ in pairs], [a for _, a in pairs], config.fpr_limit, keep_curve=True
@@ -186,15 +259,29 @@ def _pixel_level(rows: pd.DataFrame, config: EvalConfig, notes: list[str]) -> di
     return out
 
 
-def _load_pair(row: Any, pixel_size: int) -> tuple[np.ndarray | None, np.ndarray]:
+def _load_pair(
+    row: Any, pixel_size: int
+) -> tuple[np.ndarray | None, np.ndarray | None, tuple[str, str] | None]:
+    """``(mask, map, problem)`` on the evaluation grid; ``problem`` is ``(kind, why)`` with kind
+    ``rescaled`` (kept), ``shape`` or ``unreadable`` (left out: mask and map are None). The stored map has
+    its image's shape, so the mask is checked against it."""
     amap = decode_map_png16(storage.read_bytes(row.mask_uri), row.map_min, row.map_max)
-    mask = None
+    mask, problem = None, None
     if row.label == 1:
-        mask = read_mask(storage.read_bytes(row.gt_mask_uri))
+        try:
+            mask = read_ground_truth_mask(storage.read_bytes(row.gt_mask_uri))
+        except (ValueError, FileNotFoundError) as exc:
+            return None, None, ("unreadable", f"{row.gt_mask_uri}: {exc}")
+        why = mask_shape_problem(mask.shape, amap.shape)
+        if why is not None:
+            return None, None, ("shape", why)
+        if mask.shape != amap.shape:
+            (h, w), (big_h, big_w) = mask.shape, amap.shape
+            problem = ("rescaled", f"mask {h}x{w} for image {big_h}x{big_w}")
     size = (pixel_size, pixel_size) if pixel_size > 0 else (mask.shape if mask is not None else amap.shape)
     if mask is not None and mask.shape != tuple(size):
         mask = resize_mask(mask, tuple(size))
-    return mask, resize_map(amap, tuple(size))
+    return mask, resize_map(amap, tuple(size)), problem
 
 
 def _rank_misses(rows: pd.DataFrame) -> pd.DataFrame:

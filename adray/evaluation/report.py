@@ -15,8 +15,9 @@ from typing import Any
 
 from adray import storage
 from adray.evaluation.charts import PALETTE, histogram_chart, line_chart, overlay_png
-from adray.io.images import decode_image, read_mask
-from adray.io.masks import decode_map_png16
+from adray.evaluation.ground_truth import mask_shape_problem
+from adray.io.images import decode_image
+from adray.io.masks import decode_map_png16, read_ground_truth_mask
 
 log = logging.getLogger(__name__)
 METRIC_LABELS = {
@@ -144,6 +145,9 @@ def _detector_section(name: str, det: dict[str, Any], doc: dict[str, Any]) -> st
     mean_cells = "".join(_cell(det["mean"].get(m), pub.get((None, m))) for m in METRIC_LABELS)
     rows.append(f"<tr><th>mean</th><th></th>{mean_cells}</tr>")
     notes = [f"{html.escape(cat)}: {html.escape(n)}" for cat, c in cats.items() for n in c.get("notes", [])]
+    one_class = det["mean"].get("one_class_categories") or []
+    if one_class:
+        notes.insert(0, f"mean image metrics leave out {html.escape(', '.join(one_class))} (one class only)")
     roc = [(cat, c["roc"]["fpr"], c["roc"]["tpr"], color[cat]) for cat, c in cats.items() if c.get("roc")]
     pro = [(cat, c["pro"]["fpr"], c["pro"]["pro"], color[cat]) for cat, c in cats.items() if c.get("pro")]
     limit = doc.get("config", {}).get("fpr_limit", 0.3)
@@ -217,7 +221,9 @@ def _example_image(ex: dict[str, Any]) -> str:
     amap = None
     if ex.get("mask_uri"):
         amap = decode_map_png16(storage.read_bytes(ex["mask_uri"]), ex["map_min"], ex["map_max"])
-    gt = read_mask(storage.read_bytes(ex["gt_mask_uri"])) if ex.get("gt_mask_uri") else None
+    gt = read_ground_truth_mask(storage.read_bytes(ex["gt_mask_uri"])) if ex.get("gt_mask_uri") else None
+    if gt is not None and mask_shape_problem(gt.shape, image.shape[:2]) is not None:
+        gt = None  # an outline stretched onto the image would be wrong; the category's notes name the item
     rng = ex.get("map_range")
     return overlay_png(image, amap, gt, tuple(rng) if rng and None not in rng else None)
 

@@ -1,5 +1,7 @@
 """Anomaly maps as 16-bit grayscale PNG, ground-truth masks as 0/255 PNG, and their storage keys.
 
+Ground-truth mask files of any format are read by :func:`read_ground_truth_mask` (binarised at half range).
+
 An anomaly map (float32 ``[H, W]``) is stored as a 16-bit grayscale PNG plus two floats: pixel ``p``
 decodes to ``map_min + p / 65535 * (map_max - map_min)`` (the ``map_min`` / ``map_max`` columns of
 ``schemas/results``). ``map_min`` and ``map_max`` are the map's own float32 extremes, so a float32 column
@@ -13,6 +15,7 @@ by the same detector overwrites its map instead of leaving orphans.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -115,6 +118,66 @@ def decode_mask_png(data: bytes) -> np.ndarray:
         channels = pixels[..., :3] if pixels.shape[-1] >= 3 else pixels[..., :1]
         return (channels > 0).any(-1)
     return pixels > 0
+
+
+def read_ground_truth_mask(data: bytes, *, max_pixels: int = 100_000_000) -> np.ndarray:
+    """A ground-truth mask file (PNG, JPEG, TIFF, BMP, ...) as bool ``[H, W]``, binarised at half range.
+
+    A pixel is anomalous when it reaches half of its type's range: 128 of 255 for 8-bit masks, 32768 of
+    65535 for 16-bit ones, 0.5 for float masks in [0, 1]. "Any nonzero" would count a JPEG mask's compression
+    noise around every edge as defect. Colour masks: any colour
+    channel at half range; alpha is ignored; 1-bit masks are read as stored. MVTec 3D-AD's class values
+    (253, 254, 255) are all anomalous.
+
+    A lossless mask whose values all lie below half range holds class ids (0/1, 0/1/2, ...): any nonzero
+    pixel is anomalous. A JPEG is never read that way, since its low values are noise.
+
+    Raises ValueError when the bytes are not a readable image or hold more than ``max_pixels`` pixels
+    (checked from the header, before decoding).
+    """
+    if not data:
+        raise ValueError("ground-truth mask file has zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Exception as exc:  # Pillow raises many types for unreadable headers
+        raise ValueError(f"ground-truth mask is not a readable image ({type(exc).__name__})") from exc
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ValueError(f"ground-truth mask is {width}x{height} pixels, over the limit of {max_pixels}")
+        lossy = img.format in _LOSSY_FORMATS
+        try:
+            pixels, half = _mask_values(img)
+        except Exception as exc:  # truncated or broken pixel data
+            raise ValueError(f"ground-truth mask cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    if pixels.ndim == 3:
+        pixels = pixels.max(axis=-1)
+    anomalous = pixels >= half
+    if not lossy and not anomalous.any():
+        return pixels != 0  # class ids, or empty
+    return anomalous
+
+
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+
+
+def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
+    """The mask's colour values (``[H, W]`` or ``[H, W, C]`` without alpha) and half of their type's range."""
+    if img.mode == "1":
+        return np.asarray(img.convert("L")), 128
+    if img.mode in ("L", "LA"):
+        return np.asarray(img.convert("L")), 128
+    if img.mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16), 32768
+    if img.mode == "I":  # 16-bit PNGs open as "I" in some Pillow versions
+        return np.asarray(img).astype(np.int64), 32768
+    if img.mode == "F":
+        pixels = np.asarray(img).astype(np.float64)
+        top = pixels.max(initial=0.0)
+        return pixels, 0.5 if top <= 1.0 else (128 if top <= 255 else 32768)
+    return np.asarray(img.convert("RGB")), 128
 
 
 def _as_map(amap: np.ndarray) -> np.ndarray:
