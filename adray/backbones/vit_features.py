@@ -4,7 +4,10 @@ M3DM takes the last block's patch tokens after the final LayerNorm (``patch_embe
 ``norm_pre`` -> blocks -> ``norm``; the CLS / prefix tokens dropped): a 28 x 28 x 768 grid for a 224 input
 with patch 8. timm's ``forward_features`` is exactly that sequence. Any timm ViT works by name; tests use a
 small one (e.g. ``vit_tiny_patch16_224`` with ``img_size=64, patch_size=8, depth=2``, random weights).
-Weights are resolved by :func:`adray.backbones.timm_features.create_timm_backbone` (tag | file | seeded random).
+Weights are resolved by :func:`adray.backbones.timm_features.load_backbone` (tag | file | seeded random); a
+weights file is loaded under the named tag's config, so ``vit_base_patch8_224.dino`` with the DINO file
+normalises inputs with DINO's ImageNet mean/std, as with ``pretrained``. :attr:`ViTPatchGrid.record` says
+what was loaded (``name.tag``, hub id, file, sha256, or the seed).
 """
 
 from __future__ import annotations
@@ -36,18 +39,15 @@ class ViTPatchGrid(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        from adray.backbones.timm_features import backbone_record, create_timm_backbone, input_normalisation
+        from adray.backbones.timm_features import backbone_record, input_normalisation, load_backbone
 
         self.config = config
-        self.model = create_timm_backbone(
-            config.name,
-            config.weights,
+        self.model, self.record = load_backbone(
+            backbone_record(config.name, config.weights, seed=config.seed),
             features_only=False,
-            seed=config.seed,
             num_classes=0,
             **config.timm_kwargs,
         )
-        self.record = backbone_record(config.name, config.weights, seed=config.seed)
         self.record["timm_kwargs"] = dict(config.timm_kwargs)
         self.mean, self.std = input_normalisation(self.model)
         self.embed_dim = int(self.model.embed_dim)

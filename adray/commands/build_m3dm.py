@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from adray.backbones.vit_features import ViTConfig
 from adray.detectors.m3dm.config import MODES, M3DMConfig, tiny_config
@@ -29,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default="rgb+xyz", help="banks: rgb, xyz or both (with DLF)")
     g.add_argument("--no-fusion", action="store_true", help="rgb+xyz without the UFF fused bank")
     g.add_argument("--weights", default="pretrained", help="RGB ViT weights: pretrained | random | PATH")
-    g.add_argument("--rgb-backbone", default=ViTConfig().name, help="timm ViT name (default DINO ViT-B/8)")
+    g.add_argument(
+        "--rgb-backbone",
+        default=ViTConfig().name,
+        help="timm ViT name, optionally name.tag (a bare name takes timm's default tag); default %(default)s "
+        "(DINO ViT-B/8)",
+    )
     g.add_argument("--point-weights", default="pretrained", help="Point-MAE checkpoint PATH, or random")
     g.add_argument("--img-size", type=int, default=224)
     g.add_argument("--preprocess-units", choices=("auto", "m", "mm"), default="auto", help="scan units")
@@ -48,6 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> M3DMConfig:
+    """The config the flags describe; exits with status 2 when --rgb-backbone names no timm weights."""
+    from adray.backbones.timm_features import check_model_name
+    from adray.backbones.weights import BackboneNameError
+
+    if not args.tiny:
+        try:
+            check_model_name(args.rgb_backbone)
+        except BackboneNameError as e:
+            print(f"adray build-m3dm: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
     ratios = {"rgb": args.coreset_ratio, "xyz": args.coreset_ratio, "fused": args.coreset_ratio}
     common = dict(mode=args.mode, fusion=not args.no_fusion, coreset_ratio=ratios, seed=args.seed)
     if args.tiny:
