@@ -7,6 +7,12 @@ inf are turned into zeros too):
 - NPY / NPZ: ``[H, W, 3]`` (organised) or ``[N, 3]`` as stored (NPZ: key ``xyz``, ``points`` or the only array);
 - PLY / PCD: unorganised ``[N, 3]``; open3d reads files only, so the bytes go through a temporary file.
 
+Every format's header is checked before any point is allocated (:mod:`adray.io.pointcloud_headers`):
+more than ``max_points`` declared is ``too_large``, a header declaring more data than the file holds is
+``corrupt``, a NumPy object array is ``unsupported`` (never unpickled). Any other failure of a reader is
+``corrupt`` as well: :func:`decode_pointcloud` raises :class:`PointCloudDecodeError` and nothing else
+(except ``MemoryError``). Messages describe the bytes (size, format name) and never quote them.
+
 :func:`to_organised` rasterises an unorganised cloud onto an ``[S, S, 3]`` grid (orthographic along z),
 which is what the organised-cloud detectors (M3DM) take.
 """
@@ -16,44 +22,64 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 from adray import storage
+from adray.io import pointcloud_headers as headers
+from adray.io.pointcloud_headers import PointCloudDecodeError
+from adray.io.sniff import describe_bytes, describe_exception
+
+__all__ = [
+    "DEFAULT_MAX_POINTS",
+    "SUFFIXES",
+    "PointCloudDecodeError",
+    "decode_pointcloud",
+    "read_pointcloud",
+    "to_organised",
+    "valid_mask",
+]
 
 SUFFIXES = (".tiff", ".tif", ".ply", ".pcd", ".npy", ".npz")
+#: Default bound on declared points (xyz triples): 64e6 float32 points are 768 MB.
+DEFAULT_MAX_POINTS = 64_000_000
+#: NPZ arrays looked for by name, in order, when the archive holds more than one.
+NPZ_KEYS = ("xyz", "points", "pc")
 
 
-class PointCloudDecodeError(ValueError):
-    """A point cloud could not be decoded; ``kind`` is a short machine-readable reason."""
+def decode_pointcloud(data: bytes, name_or_ext: str, *, max_points: int = DEFAULT_MAX_POINTS) -> np.ndarray:
+    """Decode point-cloud bytes; ``name_or_ext`` is a file name, URI or suffix (``"tiff"``, ``".ply"``).
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-
-
-def decode_pointcloud(data: bytes, name_or_ext: str) -> np.ndarray:
-    """Decode point-cloud bytes; ``name_or_ext`` is a file name, URI or suffix (``"tiff"``, ``".ply"``)."""
+    Returns float32 ``[H, W, 3]`` or ``[N, 3]``. Raises :class:`PointCloudDecodeError` (``kind``: empty,
+    corrupt, too_large, unsupported, shape, dtype) for every unreadable input.
+    """
     ext = _suffix(name_or_ext)
     if not data:
         raise PointCloudDecodeError("empty", f"no bytes to decode for {name_or_ext!r}")
-    if ext in (".tiff", ".tif"):
-        points = _decode_tiff(data, name_or_ext)
-    elif ext in (".npy", ".npz"):
-        points = _decode_numpy(data, ext, name_or_ext)
-    elif ext in (".ply", ".pcd"):
-        points = _decode_open3d(data, ext, name_or_ext)
-    else:
+    try:
+        if ext in (".tiff", ".tif"):
+            points = _decode_tiff(data, name_or_ext, max_points)
+        elif ext in (".npy", ".npz"):
+            points = _decode_numpy(data, ext, name_or_ext, max_points)
+        elif ext in (".ply", ".pcd"):
+            points = _decode_open3d(data, ext, name_or_ext, max_points)
+        else:
+            raise PointCloudDecodeError(
+                "unsupported", f"{name_or_ext!r} is not a point cloud format we read ({', '.join(SUFFIXES)})"
+            )
+        return _clean(points, name_or_ext)
+    except (PointCloudDecodeError, MemoryError):
+        raise
+    except Exception as e:  # a reader's own failure: the file is unreadable, whatever the exception
         raise PointCloudDecodeError(
-            "unsupported", f"{name_or_ext!r} is not a point cloud format we read ({', '.join(SUFFIXES)})"
-        )
-    return _clean(points, name_or_ext)
+            "corrupt", f"cannot read {ext} {name_or_ext!r} ({describe_exception(e)}; {describe_bytes(data)})"
+        ) from e
 
 
-def read_pointcloud(uri: str) -> np.ndarray:
+def read_pointcloud(uri: str, *, max_points: int = DEFAULT_MAX_POINTS) -> np.ndarray:
     """Read and decode the point cloud at ``uri`` (any storage URL)."""
-    return decode_pointcloud(storage.read_bytes(uri), uri)
+    return decode_pointcloud(storage.read_bytes(uri), uri, max_points=max_points)
 
 
 def to_organised(points: np.ndarray, size: int = 224) -> np.ndarray:
@@ -94,38 +120,74 @@ def _suffix(name_or_ext: str) -> str:
     return ext
 
 
-def _decode_tiff(data: bytes, name: str) -> np.ndarray:
+def _decode_tiff(data: bytes, name: str, max_points: int) -> np.ndarray:
     import tifffile
 
     try:
-        arr = tifffile.imread(io.BytesIO(data))
-    except Exception as e:  # tifffile raises many types for corrupt files
-        raise PointCloudDecodeError("corrupt", f"cannot read TIFF {name!r}: {e}") from e
-    if arr.ndim != 3 or arr.shape[-1] != 3:
+        tif = tifffile.TiffFile(io.BytesIO(data))
+    except Exception as e:  # tifffile raises many types; its messages may quote the header
         raise PointCloudDecodeError(
-            "shape", f"TIFF {name!r} has shape {arr.shape}; an organised xyz cloud is [H, W, 3]"
-        )
+            "corrupt", f"cannot read TIFF {name!r} ({describe_exception(e)}; {describe_bytes(data)})"
+        ) from e
+    with tif:
+        if not tif.series:
+            raise PointCloudDecodeError("empty", f"TIFF {name!r} holds no image")
+        series = tif.series[0]
+        shape = tuple(int(s) for s in series.shape)
+        headers.check_points(-(-int(np.prod(shape)) // 3), max_points, f"TIFF {name!r} of shape {shape}")
+        if len(shape) != 3 or shape[-1] != 3:
+            raise PointCloudDecodeError(
+                "shape", f"TIFF {name!r} has shape {shape}; an organised xyz cloud is [H, W, 3]"
+            )
+        try:
+            arr = series.asarray()
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise PointCloudDecodeError(
+                "corrupt", f"TIFF {name!r} data is unreadable ({describe_exception(e)}; {describe_bytes(data)})"
+            ) from e
     return arr
 
 
-def _decode_numpy(data: bytes, ext: str, name: str) -> np.ndarray:
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:
-        raise PointCloudDecodeError("corrupt", f"cannot read {ext} {name!r}: {e}") from e
-    if ext == ".npz":
-        keys = list(loaded.keys())
-        key = next((k for k in ("xyz", "points", "pc") if k in keys), keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise PointCloudDecodeError("shape", f"{name!r} holds {keys}; name the array 'xyz' or 'points'")
-        loaded = loaded[key]
-    arr = np.asarray(loaded)
+def _decode_numpy(data: bytes, ext: str, name: str, max_points: int) -> np.ndarray:
+    if ext == ".npy":
+        fp = io.BytesIO(data)
+        shape, dtype = headers.read_npy_header(fp)
+        headers.check_array(shape, dtype, len(data) - fp.tell(), max_points, f".npy {name!r}")
+        fp.seek(0)
+        arr = np.load(fp, allow_pickle=False)
+    else:
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile as e:
+            raise PointCloudDecodeError("corrupt", f".npz {name!r} is not a readable ZIP archive") from e
+        with archive:
+            arrays = {n[: -len(".npy")]: n for n in archive.namelist() if n.endswith(".npy")}
+            key = next((k for k in NPZ_KEYS if k in arrays), next(iter(arrays)) if len(arrays) == 1 else None)
+            if key is None:
+                # member names are the file's content: count them, do not list them
+                raise PointCloudDecodeError(
+                    "shape",
+                    f".npz {name!r} holds {len(arrays)} arrays and none is named "
+                    f"{', '.join(repr(k) for k in NPZ_KEYS)}; name the cloud 'xyz' or 'points'",
+                )
+            member = arrays[key]
+            with archive.open(member) as fp:
+                shape, dtype = headers.read_npy_header(fp)
+                available = archive.getinfo(member).file_size - fp.tell()
+            what = f".npz {name!r} array {key!r}" if key in NPZ_KEYS else f".npz {name!r}"  # names are content
+            headers.check_array(shape, dtype, available, max_points, what)
+            with archive.open(member) as fp:
+                arr = np.lib.format.read_array(fp, allow_pickle=False)
     if arr.shape[-1:] != (3,) or arr.ndim not in (2, 3):
         raise PointCloudDecodeError("shape", f"{name!r} has shape {arr.shape}; want [N, 3] or [H, W, 3]")
     return arr
 
 
-def _decode_open3d(data: bytes, ext: str, name: str) -> np.ndarray:
+def _decode_open3d(data: bytes, ext: str, name: str, max_points: int) -> np.ndarray:
+    # open3d trusts the header's counts and reserves memory for them: check them first
+    (headers.check_ply if ext == ".ply" else headers.check_pcd)(data, max_points, name)
     import open3d as o3d
 
     fd, path = tempfile.mkstemp(suffix=ext)

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adray.io.images import ImageDecodeError, decode_image, read_mask, resize_mask, resize_rgb
+from adray.io.images import (
+    ImageDecodeError,
+    decode_image,
+    decode_image_noted,
+    read_mask,
+    resize_mask,
+    resize_rgb,
+    significant_bits,
+)
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -230,3 +238,136 @@ def test_resize_helpers():
     mask[:5] = True
     small = resize_mask(mask, 4)
     assert small.dtype == bool and small[0].all() and not small[3].any()
+
+
+# ------------------------------------------------------------------ fewer significant bits (issue 13, item 8)
+
+
+def _gray16(values: np.ndarray, fmt: str = "PNG") -> bytes:
+    return _encode(Image.fromarray(values.astype(np.uint16)), fmt)
+
+
+def _expected(values: np.ndarray, bits: int) -> np.ndarray:
+    full = 2**bits - 1
+    return np.floor(np.minimum(values, full) * 255 / full + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_12_bit_camera_data_in_a_16_bit_file_is_scaled_from_12_bits_and_noted(fmt):
+    values = np.linspace(0, 4095, 64 * 48).reshape(48, 64).round()
+    got = decode_image_noted(_gray16(values, fmt))
+    np.testing.assert_array_equal(got.rgb[..., 0], _expected(values, 12))
+    assert got.rgb[..., 0].max() == 255  # before: 4095 / 257 -> 16, a nearly black image
+    assert "12 significant bits" in got.note and "maximum 4095" in got.note and "detected" in got.note
+
+
+@pytest.mark.parametrize(("top", "bits"), [(1000, 10), (1023, 10), (1024, 12), (4095, 12), (4096, 14), (16383, 14)])
+def test_detected_depth_is_the_smallest_standard_one_that_holds_the_maximum(top, bits):
+    assert significant_bits(top) == bits
+    values = np.full((4, 4), top)
+    got = decode_image_noted(_gray16(values))
+    assert f"from {bits} significant bits" in got.note
+    assert got.rgb[0, 0, 0] == _expected(np.array(top), bits)
+
+
+def test_full_range_16_bit_image_keeps_the_16_bit_scale_without_a_note():
+    values = np.array([[0, 257, 16384], [32768, 60000, 65535]])
+    got = decode_image_noted(_gray16(values))
+    assert got.note is None
+    np.testing.assert_array_equal(got.rgb[..., 0], np.floor(values / 257 + 0.5).astype(np.uint8))
+
+
+def test_all_black_16_bit_image_is_not_noted():
+    got = decode_image_noted(_gray16(np.zeros((3, 3))))
+    assert got.note is None and not got.rgb.any()
+
+
+def test_a_declared_depth_replaces_detection():
+    # The documented limit: a genuinely dark 16-bit image (max 3000) looks like 12-bit data; declaring
+    # 16 bits keeps its true (dark) scale.
+    dark = np.full((2, 2), 3000)
+    assert decode_image_noted(_gray16(dark)).rgb[0, 0, 0] == _expected(np.array(3000), 12)
+    kept = decode_image_noted(_gray16(dark), bit_depth=16)
+    assert kept.note is None and kept.rgb[0, 0, 0] == round(3000 / 257)
+    declared = decode_image_noted(_gray16(dark), bit_depth=14)
+    assert declared.rgb[0, 0, 0] == _expected(np.array(3000), 14)
+    assert declared.note == "16-bit image scaled from 14 significant bits (declared)"
+
+
+def test_declared_depth_clips_and_counts_values_above_its_range():
+    values = np.array([[100, 4095, 4096, 9000]])
+    got = decode_image_noted(_gray16(values), bit_depth=12)
+    np.testing.assert_array_equal(got.rgb[0, :, 0], [_expected(np.array(100), 12), 255, 255, 255])
+    assert "2 samples above 4095 clipped" in got.note
+
+
+def test_8_bit_images_ignore_the_declared_depth():
+    arr = _rgb()
+    got = decode_image_noted(_encode(Image.fromarray(arr)), bit_depth=12)
+    np.testing.assert_array_equal(got.rgb, arr)
+    assert got.note is None
+
+
+def test_16_bit_rgb_tiff_is_read_at_full_precision_and_scaled_from_its_bits():
+    import tifffile
+
+    rgb = np.stack([np.full((5, 6), v, np.uint16) for v in (4095, 2048, 7)], axis=-1)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rgb, photometric="rgb")
+    got = decode_image_noted(buf.getvalue())
+    np.testing.assert_array_equal(got.rgb[0, 0], _expected(np.array([4095, 2048, 7]), 12))
+    assert "12 significant bits" in got.note
+
+
+def test_16_bit_colour_png_says_it_was_read_at_8_bits():
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    raw = b"".join(b"\x00" + np.full((2, 3), 40000, ">u2").tobytes() for _ in range(2))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    got = decode_image_noted(png)
+    assert got.rgb[0, 0, 0] == 40000 >> 8 and "8 high bits" in got.note
+
+
+# ------------------------------------------------------------ errors never quote the file (issue 13, item 10)
+
+SECRET = "root:$6$Zq8xKp2W$AKIAVERYSECRETKEY9f3hunter2:19000:0:99999:7:::"
+
+
+def _windows(text: str, n: int = 4) -> set[str]:
+    return {text[i : i + n] for i in range(len(text) - n + 1)}
+
+
+def assert_quotes_nothing_of(message: str, secret: str = SECRET) -> None:
+    leaked = [w for w in _windows(secret) if w in message or w.encode().hex() in message]
+    assert not leaked, f"error quotes the file: {leaked[:3]} in {message!r}"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        SECRET.encode() + b"\n",  # /etc/shadow-like text
+        b"AWS_SECRET_ACCESS_KEY=" + SECRET.encode() + b"\x00PATH=/usr/bin\x00",  # /proc/self/environ-like
+        b"\x89PNG\r\n\x1a\n" + SECRET.encode(),  # a PNG signature, then the secret
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + SECRET.encode(),
+        b"II*\x00" + SECRET.encode(),
+        b"\xff\xd8\xff" + SECRET.encode(),
+        b"GIF89a" + SECRET.encode(),
+    ],
+)
+def test_image_errors_describe_the_file_and_never_quote_it(data):
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(data)
+    assert_quotes_nothing_of(str(e.value))
+    assert f"{len(data)} bytes" in str(e.value)
+
+
+def test_unrecognised_text_is_called_text():
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(SECRET.encode())
+    assert str(e.value) == f"not a recognised image format ({len(SECRET)} bytes, text)"
