@@ -32,6 +32,7 @@ import pandas as pd
 from adray import metrics, storage
 from adray.evaluation.ground_truth import MaskChecks, mask_shape_problem, other_mask_files
 from adray.evaluation.join import (
+    EvaluationError,
     FitExclusions,
     collect_fit_exclusions,
     join_ground_truth,
@@ -45,10 +46,6 @@ from adray.io.masks import decode_map_png16, read_ground_truth_mask, resize_map
 log = logging.getLogger(__name__)
 IMAGE_METRICS = ("image_auroc", "aupr", "f1_max")
 PIXEL_METRICS = ("pixel_auroc", "aupro")
-
-
-class EvaluationError(ValueError):
-    """An evaluation that cannot run as asked (bad setting, nothing to evaluate); the message says why."""
 
 
 @dataclass

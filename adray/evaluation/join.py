@@ -9,7 +9,9 @@
   ``--artifact`` URIs and from the artifacts a run record names (its ``config.detectors`` URIs, or an
   ``artifact`` in a ``detectors`` entry); any ``*_item_ids`` key inside a run record; the WinCLIP+ k-shot
   ``references`` ({category: [item ids]}) of runs with ``config.shots > 0``; and every ``split == "train"``
-  item. The union is left out for every detector, so detectors are compared on the same items.
+  item. The union is left out for every detector, so detectors are compared on the same items. An
+  ``--artifact`` that cannot be read is an error (its fit items would silently count); an artifact a run
+  record names is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from adray import catalog
 from adray.detectors.base import read_artifact_config
@@ -32,6 +35,10 @@ RESULT_COLUMNS = (
     "mask_uri", "map_min", "map_max", "status", "error", "label", "scored_at",
 )  # fmt: skip
 ID_KEY_SUFFIX = "_item_ids"
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked (bad setting, unreadable input, nothing to evaluate)."""
 
 
 @dataclass
@@ -92,7 +99,10 @@ def load_results(
 def load_manifest(input_uri: str) -> pd.DataFrame:
     """The manifest as a DataFrame: a manifest file is read, a dataset prefix is catalogued."""
     if catalog.is_manifest_uri(input_uri):
-        table = catalog.read_manifest(input_uri)
+        try:
+            table = catalog.read_manifest(input_uri)
+        except pa.ArrowException as exc:  # not Parquet / CSV / JSONL after all
+            raise EvaluationError(f"cannot read the manifest {input_uri}: {exc}") from exc
     else:
         table, _ = catalog.build_manifest(input_uri)
     cols = ["item_id", "uri", "category", "split", "label", "defect_type", "gt_mask_uri"]
@@ -106,13 +116,17 @@ def collect_fit_exclusions(
     out = FitExclusions()
     seen: set[str] = set()
 
-    def from_artifact(uri: str) -> None:
+    def from_artifact(uri: str, *, given: bool = False) -> None:
         if uri in seen:
             return
         seen.add(uri)
         try:
             doc = read_artifact_config(uri)
         except (FileNotFoundError, ValueError) as exc:
+            if given:  # the items it was fitted on would silently count in the metrics
+                raise EvaluationError(
+                    f"cannot read --artifact {uri} to leave out the items it was fitted on: {exc}"
+                ) from exc
             log.warning("cannot read artifact %s for fit exclusions: %s", uri, exc)
             return
         meta = doc.get("metadata") or {}
@@ -126,7 +140,7 @@ def collect_fit_exclusions(
                 out.shots["winclip"] = int(shots)
 
     for uri in artifact_uris:
-        from_artifact(uri)
+        from_artifact(uri, given=True)
     for record in run_records:
         run = f"run {record.get('run_id')}"
         _collect(out, record, run)  # any *_item_ids key, e.g. in the detectors entries

@@ -229,3 +229,23 @@ def test_evaluate_command_writes_json_and_html(scored, tmp_path, capsys):
 def test_no_committed_results_is_a_clear_error(scored, tmp_path):
     with pytest.raises(ValueError, match="no committed results"):
         evaluate(str(tmp_path / "empty"), scored["manifest"])
+
+
+@pytest.mark.parametrize("bad", ["missing_manifest", "not_parquet", "missing_artifact"])
+def test_evaluate_command_user_errors_are_one_line_exit_2(scored, tmp_path, capsys, bad):
+    from adray.cli import main
+
+    manifest, extra = scored["manifest"], []
+    if bad == "missing_manifest":
+        manifest = str(tmp_path / "gone.parquet")
+    elif bad == "not_parquet":
+        manifest = str(tmp_path / "bad.parquet")
+        Path(manifest).write_text("not a parquet file")
+    else:
+        extra = ["--artifact", str(tmp_path / "no-artifact")]
+    rc = main(["evaluate", "--results", scored["results"], "--input", manifest, "--report",
+               str(tmp_path / "r"), *extra])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("adray evaluate: error: ") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from adray.detectors.base import save_artifact
-from adray.evaluation.join import collect_fit_exclusions, join_ground_truth
+from adray.evaluation.join import EvaluationError, collect_fit_exclusions, join_ground_truth
 
 
 def _artifact(path, detector: str, metadata: dict, config: dict | None = None) -> str:
@@ -26,14 +27,22 @@ def test_item_ids_are_collected_from_artifacts_and_run_records(tmp_path):
     winclip = _artifact(tmp_path / "wc", "winclip", {"reference_item_ids": {"carpet": ["r1", "r2"]}})
     record = {
         "run_id": "r",
-        "detectors": [{"name": "m3dm", "version": "v", "artifact": m3dm}],
+        "detectors": [
+            {"name": "m3dm", "version": "v", "artifact": m3dm},
+            {"name": "gone", "version": "v", "artifact": str(tmp_path / "missing")},  # skipped, warned
+        ],
         "config": {"detectors": ["winclip", bgad], "shots": 0},
         "references": {"carpet": ["ignored-zero-shot"]},
     }
-    ex = collect_fit_exclusions([winclip, str(tmp_path / "missing")], [record])
+    ex = collect_fit_exclusions([winclip], [record])
     assert ex.item_ids == {"a1", "a2", "c1", "b1", "d1", "r1", "r2"}
     assert ex.shots == {"winclip": 2}
     assert any(k.endswith(":fit.bank_item_ids") for k in ex.by_source)
+
+
+def test_an_explicit_artifact_that_cannot_be_read_is_an_error(tmp_path):
+    with pytest.raises(EvaluationError, match="cannot read --artifact .*missing"):
+        collect_fit_exclusions([str(tmp_path / "missing")], [])
 
 
 def test_k_shot_references_of_a_run_are_left_out():
