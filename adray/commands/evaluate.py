@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="side of the pixel-metric grid; 0 = ground-truth resolution",
     )
-    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
+    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit, in (0, 1] (default 0.3)")
     parser.add_argument(
         "--target-fpr",
         type=float,
