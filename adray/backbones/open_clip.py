@@ -2,9 +2,14 @@
 
 - :func:`load_clip` builds an open_clip model from ``(model_name, weights, pretrained_tag, device)`` once per
   process (``functools.lru_cache``), so the WinCLIP detectors of several categories in one Ray actor share
-  it. Weights are resolved as in :mod:`adray.backbones.weights`: the pinned hub tag (Hugging Face cache,
-  honouring ``HF_HUB_OFFLINE=1``), a local or object-storage file, or ``random`` (explicit; seeded, so a
-  reloaded detector scores identically).
+  it. Weights are resolved as in :mod:`adray.backbones.weights`: the hub weights of a pretrained tag
+  (Hugging Face cache, honouring ``HF_HUB_OFFLINE=1``; open_clip's own file names, e.g.
+  ``timm/vit_base_patch16_plus_clip_240.laion400m_e31`` with ``open_clip_model.safetensors`` before
+  ``open_clip_pytorch_model.bin``), a local or object-storage file, or ``random`` (explicit; seeded, so a
+  reloaded detector scores identically). Without a tag, a model takes its own default
+  (:func:`resolve_pretrained_tag`): ``laion400m_e31`` for ``ViT-B-16-plus-240`` (WinCLIP's), otherwise the
+  first tag open_clip lists for it; the tag is always recorded. :meth:`ClipBackbone.weights_record` says
+  which file was read (hub id, file, snapshot revision, sha256).
 - ``weights_id`` identifies the weights for detector versions without hashing a 200M-parameter state dict
   on every load: the tag for pretrained weights, the file's sha256 for files (hashed once per process), and
   for random weights the seed plus a hash of the model config and the open_clip/torch versions (the init
@@ -36,7 +41,8 @@ from torch import nn
 
 from adray.backbones.weights import (
     WeightsUnavailableError,
-    file_sha256,
+    cached_file_sha256,
+    hub_file_record,
     offline_help,
     parse_weights,
 )
@@ -65,6 +71,8 @@ class ClipBackbone:
     pretrained_tag: str
     weights_id: str  # see module docstring
     device: torch.device
+    hub_id: str | None = None  # pretrained: the Hugging Face repo the weights came from
+    weights_path: str | None = None  # the local file read (hub cache snapshot or the given file)
 
     @property
     def preprocess_cfg(self) -> dict[str, Any]:
@@ -80,6 +88,14 @@ class ClipBackbone:
             "pretrained_tag": self.pretrained_tag,
             "weights_id": self.weights_id,
         }
+
+    def weights_record(self) -> dict[str, Any]:
+        """What an artifact records about the weights loaded: :attr:`spec` plus, for hub or file weights,
+        the hub id, file name, snapshot revision and sha256 (hashed once per process)."""
+        record: dict[str, Any] = dict(self.spec)
+        if self.weights_path or self.hub_id:
+            record.update(hub_file_record(self.hub_id, self.weights_path))
+        return record
 
 
 def register_tiny_clip() -> str:
@@ -106,18 +122,34 @@ def register_tiny_clip() -> str:
 def load_clip(
     model_name: str = DEFAULT_MODEL,
     weights: str = "pretrained",
-    pretrained_tag: str = DEFAULT_TAG,
+    pretrained_tag: str | None = None,
     device: str | torch.device | None = None,
 ) -> ClipBackbone:
     """The open_clip model for ``(model_name, weights, pretrained_tag, device)``, loaded once per process.
 
-    Raises :class:`WeightsUnavailableError` (naming the ways to provide the weights) when pretrained
-    weights are neither cached nor downloadable.
+    ``pretrained_tag=None`` takes the model's default tag (:func:`resolve_pretrained_tag`). Raises
+    :class:`WeightsUnavailableError` (naming the ways to provide the weights) when pretrained weights are
+    neither cached nor downloadable, and ``ValueError`` for an unknown model or tag.
     """
     from adray.detectors.base import pick_device
 
     dev = pick_device(str(device) if device is not None else None)
-    return _load_clip_cached(model_name, weights or "pretrained", pretrained_tag, str(dev))
+    tag = resolve_pretrained_tag(model_name, pretrained_tag)
+    return _load_clip_cached(model_name, weights or "pretrained", tag, str(dev))
+
+
+def resolve_pretrained_tag(model_name: str, pretrained_tag: str | None = None) -> str:
+    """The open_clip tag to use: ``pretrained_tag`` when given, else ``laion400m_e31`` for
+    ``ViT-B-16-plus-240`` (WinCLIP's weights), else the first tag open_clip lists for the model (``""`` when
+    it has none, e.g. ``adray-tiny-clip``). Not validated here: only pretrained weights need a known tag."""
+    if pretrained_tag:
+        return pretrained_tag
+    if model_name == DEFAULT_MODEL:
+        return DEFAULT_TAG
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    return tags[0] if tags else ""
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,6 +164,7 @@ def _load_clip_cached(model_name: str, weights: str, pretrained_tag: str, device
             f"(e.g. {DEFAULT_MODEL!r}) or {TINY_CLIP!r} for tests"
         )
     spec = parse_weights(weights)
+    hub_id = path = None
     if spec.kind == "random":
         # fork_rng keeps the caller's RNG stream untouched; the fixed seed makes "random" reproducible.
         with torch.random.fork_rng(devices=[]):
@@ -139,18 +172,46 @@ def _load_clip_cached(model_name: str, weights: str, pretrained_tag: str, device
             model = open_clip.create_model(model_name, pretrained=None)
     elif spec.kind == "file":
         model = open_clip.create_model(model_name, pretrained=spec.path)
+        path = spec.path
     else:
+        hub_id, path = pretrained_source(model_name, pretrained_tag)
         model = _create_pretrained(model_name, pretrained_tag)
     weights_id = weights_id_for(model_name, weights, pretrained_tag)
     model = model.to(torch.device(device)).eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(model_name)
-    log.info("loaded open_clip %s (%s) on %s", model_name, weights_id, device)
+    log.info("loaded open_clip %s (%s%s) on %s", model_name, weights_id, f", {path}" if path else "", device)
     return ClipBackbone(
-        model, tokenizer, model_name, weights, pretrained_tag, weights_id, torch.device(device)
+        model, tokenizer, model_name, weights, pretrained_tag, weights_id, torch.device(device), hub_id, path
     )
 
 
-def _create_pretrained(model_name: str, tag: str) -> nn.Module:
+def pretrained_source(model_name: str, tag: str) -> tuple[str | None, str]:
+    """``(hub id, local file)`` of a pretrained tag's weights, found by open_clip's own
+    ``download_pretrained`` (the call ``create_model`` makes), so it names the file that is loaded.
+
+    Raises ``ValueError`` for an unknown tag and :class:`WeightsUnavailableError` when the file is
+    neither cached nor downloadable.
+    """
+    from open_clip.pretrained import download_pretrained
+
+    cfg = _pretrained_cfg(model_name, tag)
+    hub_id = _hub_id(cfg)
+    try:
+        path = download_pretrained(cfg)
+    except Exception as e:  # hub/URL errors vary by library version; all mean "weights not reachable"
+        raise WeightsUnavailableError(offline_help(model_name, tag, hub_id)) from e
+    if not path:
+        raise WeightsUnavailableError(offline_help(model_name, tag, hub_id))
+    return hub_id, path
+
+
+def _hub_id(cfg: dict[str, Any]) -> str | None:
+    """open_clip writes ``org/name/`` (default file names) or ``org/name/file``: the repo is ``org/name``."""
+    hub = cfg.get("hf_hub") or ""
+    return (hub.rstrip("/") if hub.endswith("/") else os.path.dirname(hub)) or None
+
+
+def _pretrained_cfg(model_name: str, tag: str) -> dict[str, Any]:
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -159,21 +220,27 @@ def _create_pretrained(model_name: str, tag: str) -> nn.Module:
             f"open_clip has no pretrained tag {tag!r} for {model_name!r}; known tags: {tags}. Pass "
             "--weights /path/to/file for other weights"
         )
-    hub = (open_clip.get_pretrained_cfg(model_name, tag).get("hf_hub") or "").rstrip("/") or None
+    return open_clip.get_pretrained_cfg(model_name, tag)
+
+
+def _create_pretrained(model_name: str, tag: str) -> nn.Module:
+    import open_clip
+
+    cfg = _pretrained_cfg(model_name, tag)
     try:
         return open_clip.create_model(model_name, pretrained=tag, require_pretrained=True)
     except Exception as e:  # hub/URL errors vary by library version; all mean "weights not reachable"
-        raise WeightsUnavailableError(offline_help(model_name, tag, hub)) from e
+        raise WeightsUnavailableError(offline_help(model_name, tag, _hub_id(cfg))) from e
 
 
-def weights_id_for(model_name: str, weights: str = "pretrained", pretrained_tag: str = DEFAULT_TAG) -> str:
+def weights_id_for(model_name: str, weights: str = "pretrained", pretrained_tag: str | None = None) -> str:
     """The identity of a weights spec recorded in detector versions (see module docstring)."""
     spec = parse_weights(weights)
     if spec.kind == "random":
         return "random:" + _random_weights_id(model_name)
     if spec.kind == "file":
-        return "sha256:" + _file_digest(spec.path, os.path.getmtime(spec.path))
-    return f"open_clip:{model_name}:{pretrained_tag}"
+        return "sha256:" + cached_file_sha256(spec.path or "")
+    return f"open_clip:{model_name}:{resolve_pretrained_tag(model_name, pretrained_tag)}"
 
 
 def _random_weights_id(model_name: str) -> str:
@@ -189,11 +256,6 @@ def _random_weights_id(model_name: str) -> str:
     }
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"seed{RANDOM_SEED}:{digest}"
-
-
-@functools.lru_cache(maxsize=16)
-def _file_digest(path: str, mtime: float) -> str:
-    return file_sha256(path)
 
 
 # -------------------------------------------------------------------------------------------- text tower
@@ -278,8 +340,9 @@ def run_blocks_mixed(
     What autocast does, minus its overheads on CPU (per-op casts, and an attention kernel slow on the
     5- and 10-token window sequences). Reads open_clip's standard ``ResidualAttentionBlock`` weights
     (checked by :func:`supports_mixed_blocks`); with ``dtype=float32`` it equals ``transformer(x)`` (tested).
-    For bf16 on CPU the MLP's first linear and its exact GELU run as one oneDNN kernel (the GELU pass
-    over the 4x-wide hidden layer otherwise costs about a fifth of the linear itself).
+    For bf16 on CPU the MLP's first linear and its exact GELU run as one oneDNN kernel where oneDNN has
+    bf16 kernels (the GELU pass over the 4x-wide hidden layer otherwise costs about a fifth of the linear
+    itself). bf16 on a CPU without native bf16 runs but is far slower than fp32 (:mod:`adray.cpu`).
     """
     x = x.float()
     for block in transformer.resblocks:
@@ -295,12 +358,13 @@ def run_blocks_mixed(
 
 
 def _mlp(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``mlp(h)``; bf16 CPU inputs with open_clip's (c_fc, exact GELU, c_proj) MLP use a fused linear+GELU."""
+    """``mlp(h)``; bf16 CPU inputs with open_clip's (c_fc, exact GELU, c_proj) MLP use a fused linear+GELU
+    where oneDNN has bf16 kernels for this CPU (:func:`fused_linear_gelu_available`), else the plain MLP."""
     act = getattr(mlp, "gelu", None)
     fusable = (
-        _HAS_LINEAR_POINTWISE
-        and h.dtype == torch.bfloat16
+        h.dtype == torch.bfloat16
         and h.device.type == "cpu"
+        and fused_linear_gelu_available()
         and isinstance(mlp, nn.Sequential)
         and len(mlp) == 3
         and type(act) is nn.GELU
@@ -318,6 +382,17 @@ def _mlp(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
 _HAS_LINEAR_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_linear_pointwise"
 )
+
+
+def fused_linear_gelu_available() -> bool:
+    """Whether oneDNN's fused bf16 linear+GELU (``torch.ops.mkldnn._linear_pointwise``) runs on this CPU.
+
+    It needs the op in this torch build and oneDNN bf16 kernels, i.e. AVX-512 or better and not capped
+    below it by ``ONEDNN_MAX_CPU_ISA`` (:mod:`adray.cpu`); on AVX2 oneDNN cannot create the primitive.
+    """
+    from adray.cpu import cpu_capabilities
+
+    return _HAS_LINEAR_POINTWISE and cpu_capabilities().onednn_bf16
 
 
 def supports_mixed_blocks(transformer: nn.Module) -> bool:
@@ -342,7 +417,8 @@ def bf16_matmul_weights(transformer: nn.Module) -> nn.Module:
     """A copy of ``transformer`` with bf16 matrix weights and fp32 norms, made once per transformer.
 
     Under CPU autocast the matmuls run in bf16 (AMX) either way; holding the weights in bf16 saves the
-    per-call weight casts. Norms stay fp32 because CPU layer_norm rejects mixed parameter dtypes.
+    per-call weight casts. Only worth it on CPUs with native bf16 (:mod:`adray.cpu`). Norms stay fp32
+    because CPU layer_norm rejects mixed parameter dtypes.
     """
     if transformer in _BF16_COPIES:
         return _BF16_COPIES[transformer]

@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretrained (the hub tag, cached), random (tests) or a weights file",
     )
     parser.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip model name")
-    parser.add_argument("--pretrained-tag", default="laion400m_e31", help="open_clip pretrained tag")
+    parser.add_argument(
+        "--pretrained-tag",
+        default=None,
+        help="open_clip pretrained tag (default: the model's own; laion400m_e31 for ViT-B-16-plus-240)",
+    )
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -2,9 +2,10 @@
 
 The artifact holds what WinCLIP derives, not the CLIP weights: ``weights.safetensors`` has the text
 embeddings and the WinCLIP+ reference memories; ``config.json`` records the settings and the backbone spec
-(model name, weights spec, pretrained tag, weights id). Loading rebuilds the open_clip model from the spec
-(shared per process), checks that the weights still have the recorded id (a weights file must have the
-same sha256; ``random`` weights are seeded, so they are the same), and scores exactly as before.
+(model name, weights spec, pretrained tag, weights id), and under ``weights_source`` the file that was read
+(hub id, file name, snapshot revision, sha256). Loading rebuilds the open_clip model from the spec (shared
+per process), checks that the weights still have the recorded id and, when recorded, that the file found
+has the same sha256 (``random`` weights are seeded, so they are the same), and scores exactly as before.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from adray.backbones.open_clip import DEFAULT_MODEL, DEFAULT_TAG, load_clip
+from adray.backbones.open_clip import DEFAULT_MODEL, load_clip
 from adray.detectors.base import load_artifact, save_artifact
 from adray.detectors.winclip.model import WinClip, WinClipConfig
 
@@ -23,7 +24,7 @@ def create_winclip(
     class_name: str,
     weights: str = "pretrained",
     model_name: str = DEFAULT_MODEL,
-    pretrained_tag: str = DEFAULT_TAG,
+    pretrained_tag: str | None = None,
     scales: Sequence[int] = (2, 3),
     reference_images: list[np.ndarray] | None = None,
     device: str | None = None,
@@ -35,7 +36,8 @@ def create_winclip(
     """A WinCLIP detector for one category (the registry factory ``create_detector("winclip", ...)``).
 
     ``reference_images`` (uint8 ``[H, W, 3]`` normal images) make it WinCLIP+ (k-shot). The open_clip
-    model is loaded once per process for ``(model_name, weights, pretrained_tag, device)``.
+    model is loaded once per process for ``(model_name, weights, pretrained_tag, device)``; no
+    ``pretrained_tag`` means the model's default tag (``laion400m_e31`` for ViT-B-16-plus-240).
     """
     backbone = load_clip(model_name, weights, pretrained_tag, device)
     config = WinClipConfig(
@@ -65,6 +67,7 @@ def save_winclip(detector: WinClip, uri: str) -> None:
     }
     config = detector.describe()
     config["max_tokens"] = detector.config.max_tokens
+    config["weights_source"] = detector.backbone.weights_record()
     metadata = {"threshold": detector.threshold, "precision_at_save": detector.config.precision}
     save_artifact(
         uri,
@@ -86,6 +89,16 @@ def load_winclip(uri: str, device: str | None = None, precision: str = "auto") -
             f"artifact {uri} was made with CLIP weights {spec['weights_id']}, but {spec['weights']!r} now "
             f"resolves to {backbone.weights_id}; restore the original weights file or rebuild the detector"
         )
+    recorded = cfg.get("weights_source", {}).get("sha256")
+    if recorded and spec["weights"] == "pretrained":
+        found = backbone.weights_record()
+        if found.get("sha256") != recorded:
+            raise ValueError(
+                f"artifact {uri} was made with {cfg['weights_source'].get('hub_id')} file "
+                f"{cfg['weights_source'].get('file')} of sha256 {recorded[:12]}..., but the cache now has "
+                f"{found.get('file')} of sha256 {str(found.get('sha256'))[:12]}...; stage the recorded "
+                "revision in the Hugging Face cache or rebuild the detector"
+            )
     config = WinClipConfig(
         class_name=cfg["class_name"],
         scales=tuple(cfg["scales"]),

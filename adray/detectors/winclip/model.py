@@ -93,13 +93,13 @@ class WinClip:
     ) -> WinClip:
         """Wrap an already-built open_clip model. ``options``: any :class:`WinClipConfig` field, plus
         ``model_name``/``weights``/``pretrained_tag`` to record how to rebuild it (needed by :meth:`save`)."""
-        from adray.backbones.open_clip import DEFAULT_TAG, weights_id_for
+        from adray.backbones.open_clip import DEFAULT_TAG, resolve_pretrained_tag, weights_id_for
 
         spec = {k: options.pop(k) for k in ("model_name", "weights", "pretrained_tag") if k in options}
+        if "model_name" in spec:  # a named model without a tag takes that model's default tag
+            spec["pretrained_tag"] = resolve_pretrained_tag(spec["model_name"], spec.get("pretrained_tag"))
         if "weights" in spec and "model_name" in spec:
-            weights_id = weights_id_for(
-                spec["model_name"], spec["weights"], spec.get("pretrained_tag", DEFAULT_TAG)
-            )
+            weights_id = weights_id_for(spec["model_name"], spec["weights"], spec["pretrained_tag"])
         else:  # unnamed weights: identify them by content (about a second for ViT-B/16+, once)
             weights_id = "state:" + _state_hash(model)
         device = next(model.parameters()).device

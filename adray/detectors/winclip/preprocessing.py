@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from adray.backbones.open_clip import DEFAULT_MODEL, DEFAULT_TAG, TINY_CLIP, register_tiny_clip
+from adray.backbones.open_clip import DEFAULT_MODEL, TINY_CLIP, register_tiny_clip, resolve_pretrained_tag
 from adray.detectors.winclip import scoring
 
 
 def clip_input_spec(
-    model_name: str = DEFAULT_MODEL, weights: str = "pretrained", pretrained_tag: str = DEFAULT_TAG
+    model_name: str = DEFAULT_MODEL, weights: str = "pretrained", pretrained_tag: str | None = None
 ) -> tuple[tuple[int, int], tuple[float, ...], tuple[float, ...]]:
-    """``(size, mean, std)`` of the model's input, as open_clip would configure the loaded model."""
+    """``(size, mean, std)`` of the model's input, as open_clip would configure the loaded model (no
+    ``pretrained_tag``: the model's default tag, as :func:`~adray.backbones.open_clip.load_clip` takes)."""
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -32,7 +33,9 @@ def clip_input_spec(
         pre.update(
             {
                 k: v
-                for k, v in open_clip.get_pretrained_cfg(model_name, pretrained_tag).items()
+                for k, v in open_clip.get_pretrained_cfg(
+                    model_name, resolve_pretrained_tag(model_name, pretrained_tag)
+                ).items()
                 if k in ("mean", "std")
             }
         )
@@ -45,7 +48,7 @@ def winclip_preprocessor(
     *,
     model_name: str = DEFAULT_MODEL,
     weights: str = "pretrained",
-    pretrained_tag: str = DEFAULT_TAG,
+    pretrained_tag: str | None = None,
     **_: Any,
 ) -> Callable[[Mapping[str, Any]], dict[str, np.ndarray]]:
     """The model-free twin of ``create_winclip(...).preprocess`` (registered for the pipeline)."""
