@@ -340,8 +340,9 @@ def run_blocks_mixed(
     What autocast does, minus its overheads on CPU (per-op casts, and an attention kernel slow on the
     5- and 10-token window sequences). Reads open_clip's standard ``ResidualAttentionBlock`` weights
     (checked by :func:`supports_mixed_blocks`); with ``dtype=float32`` it equals ``transformer(x)`` (tested).
-    For bf16 on CPU the MLP's first linear and its exact GELU run as one oneDNN kernel (the GELU pass
-    over the 4x-wide hidden layer otherwise costs about a fifth of the linear itself).
+    For bf16 on CPU the MLP's first linear and its exact GELU run as one oneDNN kernel where oneDNN has
+    bf16 kernels (the GELU pass over the 4x-wide hidden layer otherwise costs about a fifth of the linear
+    itself). bf16 on a CPU without native bf16 runs but is far slower than fp32 (:mod:`adray.cpu`).
     """
     x = x.float()
     for block in transformer.resblocks:
@@ -357,12 +358,13 @@ def run_blocks_mixed(
 
 
 def _mlp(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``mlp(h)``; bf16 CPU inputs with open_clip's (c_fc, exact GELU, c_proj) MLP use a fused linear+GELU."""
+    """``mlp(h)``; bf16 CPU inputs with open_clip's (c_fc, exact GELU, c_proj) MLP use a fused linear+GELU
+    where oneDNN has bf16 kernels for this CPU (:func:`fused_linear_gelu_available`), else the plain MLP."""
     act = getattr(mlp, "gelu", None)
     fusable = (
-        _HAS_LINEAR_POINTWISE
-        and h.dtype == torch.bfloat16
+        h.dtype == torch.bfloat16
         and h.device.type == "cpu"
+        and fused_linear_gelu_available()
         and isinstance(mlp, nn.Sequential)
         and len(mlp) == 3
         and type(act) is nn.GELU
@@ -380,6 +382,17 @@ def _mlp(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
 _HAS_LINEAR_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_linear_pointwise"
 )
+
+
+def fused_linear_gelu_available() -> bool:
+    """Whether oneDNN's fused bf16 linear+GELU (``torch.ops.mkldnn._linear_pointwise``) runs on this CPU.
+
+    It needs the op in this torch build and oneDNN bf16 kernels, i.e. AVX-512 or better and not capped
+    below it by ``ONEDNN_MAX_CPU_ISA`` (:mod:`adray.cpu`); on AVX2 oneDNN cannot create the primitive.
+    """
+    from adray.cpu import cpu_capabilities
+
+    return _HAS_LINEAR_POINTWISE and cpu_capabilities().onednn_bf16
 
 
 def supports_mixed_blocks(transformer: nn.Module) -> bool:
@@ -404,7 +417,8 @@ def bf16_matmul_weights(transformer: nn.Module) -> nn.Module:
     """A copy of ``transformer`` with bf16 matrix weights and fp32 norms, made once per transformer.
 
     Under CPU autocast the matmuls run in bf16 (AMX) either way; holding the weights in bf16 saves the
-    per-call weight casts. Norms stay fp32 because CPU layer_norm rejects mixed parameter dtypes.
+    per-call weight casts. Only worth it on CPUs with native bf16 (:mod:`adray.cpu`). Norms stay fp32
+    because CPU layer_norm rejects mixed parameter dtypes.
     """
     if transformer in _BF16_COPIES:
         return _BF16_COPIES[transformer]

@@ -76,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
     if args.masks:
         os.makedirs(args.masks, exist_ok=True)
     mode = f"{detector.k_shot}-shot" if detector.k_shot else "zero-shot"
-    print(f"# winclip {mode} class={args.class_name!r} version={detector.version}", file=sys.stderr)
+    precision = detector.effective_precision
+    if precision != args.precision:  # auto's choice, or a fallback (logged once with the reason)
+        precision += f" ({args.precision} requested)"
+    print(
+        f"# winclip {mode} class={args.class_name!r} precision={precision} version={detector.version}",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
     for start in range(0, len(images), args.batch_size):
         chunk = images[start : start + args.batch_size]

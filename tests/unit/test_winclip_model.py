@@ -117,21 +117,6 @@ def test_random_weights_are_seeded_and_text_is_shared_per_class():
     assert not torch.equal(a.text_embeddings, c.text_embeddings)
 
 
-def test_bf16_windows_on_cpu_stay_close_to_fp32(zero_shot):
-    bf16 = create_detector(
-        "winclip", class_name="metal_nut", model_name=TINY, weights="random", device="cpu", precision="bf16"
-    )
-    batch = _batch(zero_shot, [11, 12])
-    ref, low = zero_shot.score(batch), bf16.score(batch)
-    torch.testing.assert_close(low.image_score, ref.image_score, atol=1e-6, rtol=0)  # full pass stays fp32
-    assert (low.anomaly_map - ref.anomaly_map).abs().max() < 0.02
-    assert bf16.version == zero_shot.version
-    with pytest.raises(ValueError, match="needs CUDA"):
-        create_detector(
-            "winclip", class_name="x", model_name=TINY, weights="random", device="cpu", precision="fp16"
-        )
-
-
 def test_offline_pretrained_weights_raise_a_helpful_error(monkeypatch):
     import huggingface_hub.constants
 

@@ -6,13 +6,15 @@ One forward per batch: the full-image pass gives the image embedding (image-leve
 patch tokens (WinCLIP+), and its embedded tokens feed every 2x2 and 3x3 window, batched across windows and
 images. Deliberate departures: the paper's 22 templates (anomalib has 21), the cleaned class name, window
 transformer layout checked for the installed open_clip, vectorised aggregation, bf16 window passes on
-request on CPU (bf16 weights and matmuls on AMX, fp32 residual stream, fused linear+GELU, ~4k-token
-chunks) or bf16 autocast by default on CUDA, references CLIP-normalised like test images.
+CPUs with native bf16 (bf16 weights and matmuls, fp32 residual stream, fused linear+GELU, ~4k-token
+chunks; the default on AMX, see :func:`effective_precision`) or bf16 autocast by default on CUDA,
+references CLIP-normalised like test images.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -33,7 +35,12 @@ from adray.detectors.winclip import scoring
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
 from adray.detectors.winclip.windows import embed_tokens, encode_windows, harmonic_aggregation, window_indices
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: documented largest deviation of bf16 windows from fp32 (ViT-B-16-plus-240; measured 1.7e-5 / 7.6e-5 on
+#: an AMX Xeon, README): ``auto`` only picks bf16 where it was measured faster and within these bounds
+BF16_TOLERANCE = {"image_score": 1e-4, "anomaly_map": 1e-3}
 #: CPU chunk bound: ~4k tokens keep a layer's activations near the caches; measured 1.5-2x faster than
 #: 32k-token chunks for the bf16 window passes on a 2-core AMX Xeon (results do not depend on chunking)
 CPU_CHUNK_TOKENS = 4096
@@ -48,7 +55,7 @@ class WinClipConfig:
     scales: tuple[int, ...] = (2, 3)
     temperature: float = 0.07
     defect_types: tuple[str, ...] = ()
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU: windows only
+    precision: str = "auto"  # what runs: effective_precision(); bf16 on CPU: windows only
     max_tokens: int = 32768  # tokens per transformer call (bounds memory); CPU: at most CPU_CHUNK_TOKENS
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -78,7 +85,9 @@ class WinClip:
         self.grid = tuple(int(g) for g in self.visual.grid_size)
         self.image_size = tuple(int(s) for s in self.visual.image_size)
         self.indices = {k: window_indices(self.grid, k).to(self.device) for k in config.scales}
-        self.window_dtype, self.full_dtype = _autocast_dtypes(config.precision, self.device)
+        #: what runs ("fp32", "bf16", "fp16"), and why it differs from ``config.precision`` (else None)
+        self.effective_precision, self.precision_note = effective_precision(config.precision, self.device)
+        self.window_dtype, self.full_dtype = _autocast_dtypes(self.effective_precision, self.device)
         if text is None:
             text = _class_text(backbone, config.class_name, config.defect_types)
         self.text_embeddings = text.float().to(self.device)  # [2, D]: normal, anomalous
@@ -277,17 +286,62 @@ def _class_text(backbone: ClipBackbone, class_name: str, defect_types: Sequence[
     return _TEXT_CACHE[key]
 
 
-def _autocast_dtypes(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
-    """(window pass dtype, full-image pass dtype); None means fp32."""
+_NOTES_LOGGED: set[str] = set()
+
+
+def effective_precision(precision: str, device: torch.device) -> tuple[str, str | None]:
+    """The precision that runs for the requested one on ``device``, and a note when they differ.
+
+    Returns ``(effective, note)``: ``effective`` is ``"fp32"``, ``"bf16"`` or ``"fp16"``; ``note`` is
+    ``None`` when the request runs as asked (``auto`` always does) and is logged once per process
+    otherwise. CUDA: ``auto``/``bf16`` -> bf16 autocast (fp16 on GPUs without bf16). CPU (capabilities
+    from :func:`adray.cpu.cpu_capabilities`, caps honoured): ``auto`` -> bf16 windows only with AMX, the
+    one CPU kind where they were measured faster than fp32 and within :data:`BF16_TOLERANCE`, else fp32;
+    ``bf16`` -> bf16 windows with native bf16 (AMX or AVX512_BF16), else fp32 (without it a bf16 matmul
+    is far slower than fp32, or has no oneDNN kernel at all). Raises ``ValueError`` for ``fp16`` on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    note = None
     if device.type == "cuda":
         if precision == "fp32":
-            return None, None
-        half = torch.float16 if precision == "fp16" or not torch.cuda.is_bf16_supported() else torch.bfloat16
+            return "fp32", None
+        if precision == "fp16" or torch.cuda.is_bf16_supported():
+            return ("fp16" if precision == "fp16" else "bf16"), None
+        effective = "fp16"
+        if precision == "bf16":
+            note = "precision bf16: this GPU has no bf16; running fp16 autocast"
+    else:
+        if precision == "fp16":
+            raise ValueError("precision 'fp16' needs CUDA; on CPU use 'bf16' (AMX) or 'fp32'")
+        from adray.cpu import cpu_capabilities
+
+        caps = cpu_capabilities()
+        if precision == "fp32":
+            return "fp32", None
+        if precision == "auto":
+            return ("bf16" if caps.amx_bf16 else "fp32"), None
+        effective = "bf16" if caps.native_bf16 else "fp32"
+        if effective == "fp32":
+            note = (
+                "precision bf16: this CPU has no native bf16 (needs AMX or AVX512_BF16; it offers "
+                f"{caps.summary()}); running fp32, which is faster here"
+            )
+    if note is not None and note not in _NOTES_LOGGED:
+        _NOTES_LOGGED.add(note)
+        log.warning(note)
+    return effective, note
+
+
+def _autocast_dtypes(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(window pass dtype, full-image pass dtype) for an effective precision; None means fp32."""
+    if precision == "fp32":
+        return None, None
+    half = torch.float16 if precision == "fp16" else torch.bfloat16
+    if device.type == "cuda":
         return half, half
-    if precision == "fp16":
-        raise ValueError("precision 'fp16' needs CUDA; on CPU use 'bf16' (AMX) or 'fp32'")
     # CPU: the full-image pass stays fp32 (it gives the image score); bf16 helps the many short windows.
-    return (torch.bfloat16, None) if precision == "bf16" else (None, None)
+    return half, None
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
