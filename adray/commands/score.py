@@ -51,6 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=64_000_000,
         help="images over this many pixels get status too_large (decompression-bomb guard)",
     )
+    io.add_argument(
+        "--max-points",
+        type=int,
+        default=64_000_000,
+        help="point clouds whose header declares more points get status too_large (checked before reading)",
+    )
+    io.add_argument(
+        "--bit-depth",
+        type=_bit_depth,
+        default=None,
+        metavar="auto|BITS",
+        help="significant bits of 16-bit images, e.g. 12 for 12-bit camera data (default auto: the smallest "
+        "of 10/12/14/16 bits that holds the image's maximum, noted in the row; a bit_depth manifest column "
+        "sets it per item)",
+    )
 
     det = parser.add_argument_group("detectors")
     det.add_argument(
@@ -167,12 +182,26 @@ def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreC
         decode_batch_size=args.decode_batch_size,
         decode_cpus=args.decode_cpus,
         max_pixels=args.max_pixels,
+        max_points=args.max_points,
+        bit_depth=args.bit_depth,
         rows_per_block=args.rows_per_block,
         device=args.device,
         plugins=args.plugins or [],
         retain_memory=args.retain_memory,
         actor_env=parse_env(args.actor_env),
     )
+
+
+def _bit_depth(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if not 1 <= bits <= 16:
+        raise argparse.ArgumentTypeError(f"want auto or an integer 1..16, got {text!r}")
+    return bits
 
 
 def run(args: argparse.Namespace, *, delta: bool = False) -> int:

@@ -54,7 +54,13 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
     cpu_spec = replace(job.spec, device="cpu")  # preprocessing never needs the accelerator
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={"spec": cpu_spec, "max_pixels": config.max_pixels, "needs_xyz": job.needs_xyz},
+        fn_kwargs={
+            "spec": cpu_spec,
+            "max_pixels": config.max_pixels,
+            "max_points": config.max_points,
+            "bit_depth": config.bit_depth,
+            "needs_xyz": job.needs_xyz,
+        },
         batch_size=config.decode_batch_size,
         batch_format="pyarrow",
         num_cpus=config.decode_cpus,

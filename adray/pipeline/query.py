@@ -35,14 +35,16 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
     committed = {r["run_id"] for r in records if r.get("status") == "committed"}
     files = [url for url, run_id in list_result_files(root) if run_id in committed]
     cols = ", ".join(f'"{c}"' for c in schemas.load_schema("results").names)
+    con.register("_empty_results", schemas.empty_table("results"))
     if files:
+        # The empty typed table supplies nullable columns added to the schema after older files were written.
         file_list = "[" + ", ".join(_sql_str(f) for f in files) + "]"
         con.execute(
-            f"CREATE VIEW results AS SELECT {cols} FROM read_parquet({file_list}, hive_partitioning = true, "
-            "hive_types = {'detector': VARCHAR, 'date': VARCHAR}, union_by_name = true)"
+            f"CREATE VIEW results AS SELECT {cols} FROM (SELECT * FROM _empty_results UNION ALL BY NAME "
+            f"SELECT * FROM read_parquet({file_list}, hive_partitioning = true, "
+            "hive_types = {'detector': VARCHAR, 'date': VARCHAR}, union_by_name = true))"
         )
     else:
-        con.register("_empty_results", schemas.empty_table("results"))
         con.execute(f"CREATE VIEW results AS SELECT {cols} FROM _empty_results")
     con.execute(
         "CREATE VIEW latest_scores AS SELECT * FROM results "

@@ -84,14 +84,19 @@ def finalize_batch(
         "scored_at": [now] * n,
         "latency_ms": [v if st == "ok" else None for v, st in zip(cols["latency_ms"], status)],
         "date": [now.strftime("%Y-%m-%d")] * n,
+        "note": cols.get("note", [None] * n),
     }
     return results_table(data)
 
 
 def results_table(data: dict[str, list[Any]]) -> pa.Table:
-    """Build a table with exactly the ``results`` schema from column lists."""
+    """Build a table with exactly the ``results`` schema from column lists (absent nullable columns: null)."""
     schema = schemas.load_schema("results")
-    return pa.Table.from_arrays([pa.array(data[f.name], type=f.type) for f in schema], schema=schema)
+    n = len(data["run_id"])
+    arrays = [
+        pa.array(data[f.name] if f.name in data or not f.nullable else [None] * n, type=f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 # ------------------------------------------------------------------------------------------ run record

@@ -78,6 +78,8 @@ class ScoreConfig:
     decode_batch_size: int = 16
     decode_cpus: float = 1.0  # per decode task
     max_pixels: int = 64_000_000  # decompression-bomb guard for images
+    max_points: int = 64_000_000  # point-cloud size guard, checked from the file's header
+    bit_depth: int | None = None  # significant bits of >8-bit images (None: detect; manifest bit_depth wins)
     rows_per_block: int = 64  # manifest rows per input block (streaming granularity)
     device: str | None = None  # torch device inside the actors (default: cuda if num_gpus else cpu)
     plugins: list[str] = field(default_factory=list)  # "pkg.mod[:function]" to load in every worker
@@ -105,6 +107,10 @@ class ScoreConfig:
                 problems.append(f"{name} must be >= {low}, got {value}")
         if self.num_gpus < 0 or self.num_cpus < 0:
             problems.append("--num-gpus and --num-cpus must be >= 0")
+        if self.max_pixels < 1 or self.max_points < 1:
+            problems.append("--max-pixels and --max-points must be >= 1")
+        if self.bit_depth is not None and not 1 <= self.bit_depth <= 16:
+            problems.append(f"--bit-depth must be auto or 1..16, got {self.bit_depth}")
         if self.shots < 0:
             problems.append(f"--shots must be >= 0, got {self.shots}")
         if self.limit is not None and self.limit < 0:

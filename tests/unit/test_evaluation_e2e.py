@@ -84,7 +84,7 @@ def build_scored_dataset(root: Path) -> dict:
                 mask_uri=mask_uri if ok else None, map_min=lo if ok else None, map_max=hi if ok else None,
                 status=status, error=None if ok else "corrupt: bad bytes", label=row.label,
                 defect_type=row.defect_type, content_token=row.content_token,
-                scored_at=pd_now(), latency_ms=1.0, date="2026-01-01",
+                scored_at=pd_now(), latency_ms=1.0, date="2026-01-01", note=None,
             )  # fmt: skip
             for k, v in values.items():
                 cols[k].append(v)

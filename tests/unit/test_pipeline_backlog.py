@@ -121,6 +121,21 @@ def test_views_read_only_committed_runs_and_latest_per_item(tmp_path):
     )
 
 
+def test_views_read_files_written_before_the_note_column_as_null_notes(tmp_path):
+    root = str(tmp_path)
+    _write(root, "old", _rows("old", [("a", "v1", "t1", "ok")]).drop_columns(["note"]), name="o_000000-0")
+    con = connect(root)
+    assert con.execute("SELECT item_id, note FROM results").fetchall() == [("a", None)]
+    noted = _rows("new", [("b", "v1", "t1", "ok")])
+    noted = noted.set_column(noted.schema.get_field_index("note"), "note", pa.array(["scaled from 12 bits"]))
+    _write(root, "new", noted)
+    con = connect(root)
+    assert dict(con.execute("SELECT item_id, note FROM results").fetchall()) == {
+        "a": None,
+        "b": "scaled from 12 bits",
+    }
+
+
 def test_empty_root_has_typed_empty_views(tmp_path):
     con = connect(str(tmp_path / "nothing"))
     assert con.execute("SELECT count(*) FROM latest_scores").fetchone()[0] == 0
