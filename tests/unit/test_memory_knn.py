@@ -34,3 +34,21 @@ def test_torch_backend_is_exact():
 def test_rejects_an_empty_bank():
     with pytest.raises(ValueError):
         KnnIndex(np.zeros((0, 3), np.float32), "torch")
+
+
+@pytest.mark.cpu_paths
+def test_auto_backend_is_torch_on_cpu_and_faiss_only_with_a_faiss_gpu(monkeypatch):
+    from adray.memory import knn
+
+    bank = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    assert knn.choose_backend("cpu") == "torch"
+    assert KnnIndex(bank, device="cpu").backend == "torch"  # faster than faiss-cpu's flat index (README)
+    assert knn.choose_backend(None) == ("faiss" if knn.faiss_gpus() > 0 else "torch")
+    monkeypatch.setattr(knn, "faiss_gpus", lambda: 1)
+    assert (knn.choose_backend(None), knn.choose_backend("cuda:0"), knn.choose_backend("cpu")) == (
+        "faiss",
+        "faiss",
+        "torch",
+    )
+    monkeypatch.setattr(knn, "faiss_gpus", lambda: 0)
+    assert knn.choose_backend("cuda") == "torch"
