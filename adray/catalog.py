@@ -203,7 +203,8 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
             raise CatalogError(
                 f"manifest {source}: column {name!r} is empty in {len(bad)} row(s), e.g. row {bad[0]}"
             )
-    uris = [str(u) for u in cols["uri"]]
+    # Relative local paths are read from the driver's working directory; Ray workers run elsewhere.
+    uris = [storage.absolute_url(str(u)) for u in cols["uri"]]
     ids = cols.get("item_id") or [None] * n
     ids = [str(i) if i not in (None, "") else item_id_for(u) for i, u in zip(ids, uris)]
     splits = [_split_name(s, source) for s in (cols.get("split") or [None] * n)]
@@ -217,6 +218,9 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         "label": pa.array(labels, pa.int8()),
         "defect_type": pa.array(defects, pa.string()),
     }
+    for name in ("pc_uri", "gt_mask_uri"):
+        if name in cols:
+            fixed[name] = pa.array([storage.absolute_url(v) if v else v for v in cols[name]], pa.string())
     for name, values in fixed.items():
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, values)

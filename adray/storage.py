@@ -85,6 +85,23 @@ def join_url(base: str, *parts: str) -> str:
     return f"{scheme}://{join_path(rest, *parts)}"
 
 
+def absolute_url(url: str, keep: tuple[str, ...] = ()) -> str:
+    """``url`` with a local path (relative, ``~``, or ``file://``) made absolute, as :func:`resolve` reads
+    it on this machine; other schemes, the empty string and the words in ``keep`` (``pretrained``) as
+    they are. Drivers call this before sending a path to Ray workers, whose working directory is the
+    cluster's, not the driver's.
+
+    >>> absolute_url("s3://bucket/x"), absolute_url("/data/out/")
+    ('s3://bucket/x', '/data/out')
+    """
+    if not url or url in keep:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme != "file":
+        return url
+    return os.path.abspath(os.path.expanduser(rest if sep else url))
+
+
 def s3_endpoint() -> str | None:
     """The S3 endpoint override from ``ADRAY_S3_ENDPOINT`` or the standard AWS variables, if any."""
     for var in ("ADRAY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):

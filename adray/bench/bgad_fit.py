@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from adray.pipeline.cluster import add_address_argument, ensure_ray
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", default=None, help="MVTec-layout root (default: generate one in a temp dir)"
     )
     parser.add_argument("--category", default="bottle")
+    add_address_argument(parser)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -102,10 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         det.save(artifact)
     workers = [] if args.plain else [int(v) for v in args.workers.split(",") if v.strip()]
     if workers:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ensure_ray(args.address, log_to_driver=False, configure_logging=False)
     for w in workers:
         from adray.train.bgad import fit_bgad
 

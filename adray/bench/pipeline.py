@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adray import storage
+from adray.pipeline.cluster import add_address_argument, ensure_ray
 
 if TYPE_CHECKING:
     from adray.pipeline import ScoreConfig
@@ -81,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "quieter ones (adray.pipeline.runner.EMBEDDED_RAY_SYSTEM_CONFIG), to measure what they change",
     )
     parser.add_argument("--workdir", default="bench_out/pipeline", help="where images, results and masks go")
+    add_address_argument(parser)  # attached: the cluster stays up, and the bare loop runs beside it
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         retain_memory=args.retain_memory,
     )
     bare = _BareLoop(options, args)
+    if args.address:
+        ensure_ray(args.address, log_to_driver=False)
     own_ray = not ray.is_initialized()  # else: attached by the caller, and the bare loop runs beside it
     rows: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []

@@ -16,9 +16,12 @@ import dataclasses
 import json
 import sys
 
+from adray import storage
 from adray.backbones.vit_features import ViTConfig
 from adray.detectors.m3dm.config import MODES, M3DMConfig, tiny_config
 from adray.detectors.m3dm.preprocessing import PreprocessConfig
+from adray.pipeline.cluster import add_address_argument, ensure_ray
+from adray.pipeline.spec import WEIGHT_KEYWORDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--uff-workers", type=int, default=None, help="UFF workers (0 = Ray Train local mode)")
     g.add_argument("--batch-size", type=int, default=8, help="items per feature-extraction batch")
     g.add_argument("--gpus-per-worker", type=float, default=0.0)
+    add_address_argument(g)
 
 
 def config_from_args(args: argparse.Namespace) -> M3DMConfig:
+    # weight files are read by Ray workers, whose working directory is not the driver's
+    args.weights = storage.absolute_url(args.weights, keep=WEIGHT_KEYWORDS)
+    args.point_weights = storage.absolute_url(args.point_weights, keep=WEIGHT_KEYWORDS)
     """The config the flags describe; exits with status 2 when --rgb-backbone names no timm weights."""
     from adray.backbones.timm_features import check_model_name
     from adray.backbones.weights import BackboneNameError
@@ -92,16 +99,13 @@ def config_from_args(args: argparse.Namespace) -> M3DMConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
     from adray.train.m3dm import build_m3dm
 
     config = config_from_args(args)
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray(args.address)
     summary = build_m3dm(
-        args.train,
-        args.output,
+        storage.absolute_url(args.train),
+        storage.absolute_url(args.output),
         config,
         workers=args.workers,
         uff_workers=args.uff_workers,

@@ -18,6 +18,7 @@ import os
 import time
 
 from adray import storage
+from adray.pipeline.cluster import add_address_argument
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=128, help="synthetic image size in pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
     parser.add_argument("--run-id", default=None, help="pin the run id (default: from the time)")
+    add_address_argument(parser)
 
 
 def resolve_demo_model(weights: str, model: str) -> tuple[str, str, str]:
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         detector_options={"model_name": model},
         batch_size=4,
         plugins=plugins,
+        address=args.address,
     )
     summary = score_archive(config)
     print(summary.format_table())

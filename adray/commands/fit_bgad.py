@@ -11,8 +11,11 @@ import argparse
 import logging
 import sys
 
+from adray import storage
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
 from adray.detectors.bgad.losses import LossConfig
+from adray.pipeline.cluster import add_address_argument, ensure_ray
+from adray.pipeline.spec import WEIGHT_KEYWORDS
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "from output + config, so rerunning the same command resumes)",
     )
     g.add_argument("--checkpoint-root", default=None, help="default: <parent of --output>/checkpoints")
+    add_address_argument(g)
     g.add_argument("--fail-after-epoch", type=int, default=None, help=argparse.SUPPRESS)  # resume tests only
 
 
@@ -126,7 +130,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainCo
         category=args.category,
         backbone=args.backbone,
         pretrained_tag=args.pretrained_tag or None,
-        weights=args.weights,
+        weights=storage.absolute_url(args.weights, keep=WEIGHT_KEYWORDS),
         image_size=args.image_size,
         out_indices=tuple(int(v) for v in args.out_indices.split(",") if v.strip()),
         n_blocks=args.flow_blocks,
@@ -155,23 +159,20 @@ def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainCo
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
     from adray.train.bgad import fit_bgad
 
     model_cfg, train_cfg = configs_from_args(args)
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray(args.address)
     summary = fit_bgad(
-        args.train,
-        args.output,
+        storage.absolute_url(args.train),
+        storage.absolute_url(args.output),
         model_cfg,
         train_cfg,
         workers=args.workers,
         gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker,
         run_name=args.run_name,
-        checkpoint_root=args.checkpoint_root,
+        checkpoint_root=storage.absolute_url(args.checkpoint_root) if args.checkpoint_root else None,
         fail_after_epoch=args.fail_after_epoch,
     )
     print(summary.to_text())

@@ -1,8 +1,8 @@
 """`adray score` / `python jobs/score.py`: score an archive with one or more detectors on Ray.
 
 Flags follow one convention across jobs (--input, --output, --detector, --weights, --run-id, --class-name,
-resource flags). The driver calls a bare ``ray.init()``: an embedded local cluster by default, the job's
-cluster under ``ray job submit``.
+resource flags). The driver starts its own embedded Ray cluster unless told to attach (``--address``, or
+``RAY_ADDRESS`` as under ``ray job submit``); see :mod:`adray.pipeline.cluster`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 
+from adray.pipeline.cluster import add_address_argument
 from adray.pipeline.spec import ScoreConfig, parse_env, parse_options
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--summary-json", default=None, metavar="URI", help="also write the run summary as JSON here"
     )
+    add_address_argument(run)
 
 
 def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreConfig:
@@ -189,6 +191,7 @@ def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreC
         plugins=args.plugins or [],
         retain_memory=args.retain_memory,
         actor_env=parse_env(args.actor_env),
+        address=args.address,
     )
 
 

@@ -10,11 +10,9 @@ and checked (one row per applicable item and detector, no duplicates).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +20,12 @@ import pyarrow.compute as pc
 
 from adray import storage
 from adray.pipeline.backlog import delta, rows_already_written
+from adray.pipeline.cluster import (  # noqa: F401  (public here before the cluster module existed)
+    EMBEDDED_RAY_SYSTEM_CONFIG,
+    embedded_num_cpus,
+    ensure_ray,
+    start_embedded_ray,
+)
 from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.graph import DetectorPass, build_dataset, write_results
 from adray.pipeline.query import list_result_files
@@ -45,7 +49,7 @@ def score_archive(config: ScoreConfig) -> RunSummary:
     manifest, manifest_url = load_manifest(config, run_id)
     references = pick_references(config, manifest) if config.shots > 0 else {}
     items = select_items(manifest, config)
-    _ensure_ray()
+    ensure_ray(config.address)
     already, removed = rows_already_written(config.output, run_id)
     passes, counts = [], []
     for spec in config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()}):
@@ -242,53 +246,3 @@ def _check_and_count(
             f"run {run_id} is not committed because its rows do not check out: {'; '.join(problems)}. "
             "Re-run with the same --run-id to resume; only the missing items are scored."
         )
-
-
-#: Ray settings of the embedded local cluster: its timers report less often. Each of Ray's processes wakes on
-#: its own timers; on a 2-core machine every wake-up preempts one of torch's threads in the scoring actor and
-#: stalls the other at the next barrier. Idle, this cut Ray's CPU from 1.87 to 1.58 CPU-s per 30 s here
-#: (README "Pipeline vs the bare detector"). A cluster the job attaches to keeps its own settings.
-EMBEDDED_RAY_SYSTEM_CONFIG: dict[str, object] = {
-    "raylet_report_resources_period_milliseconds": 1000,  # default 100; one node has nobody to tell
-    "metrics_report_interval_ms": 60_000,  # default 10 s; no dashboard or Prometheus is watching
-    "task_events_report_interval_ms": 5_000,  # default 1 s; the state API lags by up to 5 s
-    "event_stats": False,  # per-handler event-loop statistics, for debugging Ray itself
-}
-
-
-def _ensure_ray() -> None:
-    """Attach like a bare ``ray.init()`` would (``ray job submit``'s RAY_ADDRESS, else a running local
-    ``ray start``); otherwise start an embedded local cluster (:func:`start_embedded_ray`)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        start_embedded_ray()
-
-
-def start_embedded_ray(
-    num_cpus: int | None = None, system_config: dict[str, object] | None = None, **init_kwargs: object
-) -> Any:
-    """Start the job's own local Ray cluster: at least 4 logical CPUs (with as many as a 2-core machine has,
-    Ray Data's download actor plus one scoring actor take every CPU and the read tasks wait forever, a
-    deadlock seen here; see README "Design"), quieter timers (``system_config``, default
-    :data:`EMBEDDED_RAY_SYSTEM_CONFIG`; ``{}`` for Ray's own) and no dashboard: it would die with the job.
-    For a dashboard, ``ray start --head`` first; jobs attach to it. Returns ``ray.init``'s context."""
-    import ray
-
-    init_kwargs.setdefault("include_dashboard", False)
-    return ray.init(
-        num_cpus=num_cpus or embedded_num_cpus(),
-        _system_config=dict(EMBEDDED_RAY_SYSTEM_CONFIG if system_config is None else system_config),
-        **init_kwargs,  # type: ignore[arg-type]
-    )
-
-
-def embedded_num_cpus() -> int:
-    return max(4, os.cpu_count() or 1)

@@ -22,6 +22,8 @@ from adray import storage
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 #: Ray's job supervisor passes the submission id to the entrypoint in this variable's JSON.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: ``--weights`` values that name no file
+WEIGHT_KEYWORDS = ("pretrained", "random", "auto")
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,11 @@ class ScoreConfig:
     plugins: list[str] = field(default_factory=list)  # "pkg.mod[:function]" to load in every worker
     retain_memory: bool = True  # actors keep freed blocks for reuse (adray.runtime.retain_freed_memory)
     actor_env: dict[str, str] = field(default_factory=dict)  # extra env vars for scoring actors (see actor_env_vars)
+    address: str | None = None  # Ray cluster to attach to (auto, host:port, ray://...); default RAY_ADDRESS or embedded
 
     def validated(self) -> ScoreConfig:
-        """Check values a person typed; fill the run id. Returns ``self`` for chaining."""
+        """Check values a person typed; fill the run id; make local paths absolute (Ray workers do not share
+        the driver's working directory). Returns ``self`` for chaining."""
         problems = []
         if not self.detectors:
             problems.append(
@@ -119,6 +123,12 @@ class ScoreConfig:
             raise ValueError("invalid scoring configuration:\n  - " + "\n  - ".join(problems))
         storage.resolve(self.input)
         storage.resolve(self.output)
+        self.input = storage.absolute_url(self.input)
+        self.output = storage.absolute_url(self.output)
+        if self.reference:
+            self.reference = storage.absolute_url(self.reference)
+        self.detectors = [storage.absolute_url(d) if looks_like_artifact(d) else d for d in self.detectors]
+        self.weights = storage.absolute_url(self.weights, keep=WEIGHT_KEYWORDS)
         return self
 
     def actor_env_vars(self) -> dict[str, str]:
@@ -155,7 +165,10 @@ class ScoreConfig:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        """The config as JSON for the run record; ``actor_env`` by names only (values may be secrets)."""
+        doc = json.loads(json.dumps(asdict(self), default=str))
+        doc["actor_env"] = sorted(self.actor_env)
+        return doc
 
 
 def default_run_id(now: datetime | None = None) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from adray.pipeline.cluster import add_address_argument, ensure_ray
+
 MODES = {
     "rgb": ("rgb", False),
     "xyz": ("xyz", False),
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uff-steps", type=int, default=None)
     p.add_argument("--work", default=None, help="where artifacts go (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_address_argument(p)
     args = p.parse_args(argv)
-    import ray
 
     if args.generate:
         from adray.synthetic import generate_mvtec_3d
@@ -168,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             n_test_per_defect=args.n_test,
             seed=args.seed,
         )
-    if not ray.is_initialized():
-        # a fresh local cluster unless RAY_ADDRESS names one (never attach to someone's `ray start` by accident)
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(args.address, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
