@@ -3,8 +3,11 @@
 ``python jobs/benchmark.py winclip`` (defaults: ViT-B-16-plus-240 with seeded random weights, so nothing
 is downloaded; a batch of 4 images at 240 px; 2 threads; fp32 and bf16). Each timing is the best of
 ``--repeats`` runs after one warm-up. bf16 rows also report the largest deviation of their image scores
-and maps from the fp32 ones (fp32 is the reference). The machine's load average is printed because shared
-machines make timings noisy.
+and maps from the fp32 ones (fp32 is the reference) and whether it is within the documented tolerance
+(``BF16_TOLERANCE``). The notes say what this CPU offers (:mod:`adray.cpu`, caps honoured) and which
+precision ``auto`` chose; a precision this machine does not run natively (bf16 without AMX/AVX512_BF16)
+is reported as falling back and not timed (a bf16 matmul there is ~100x slower than fp32). The machine's
+load average is printed because shared machines make timings noisy.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from adray.backbones.open_clip import load_clip
+    from adray.cpu import cpu_capabilities
     from adray.detectors.winclip import create_winclip
+    from adray.detectors.winclip.model import BF16_TOLERANCE, effective_precision
 
     torch.set_num_threads(args.threads)
     backbone = load_clip(args.model, args.weights, device=args.device)
@@ -45,7 +50,13 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     outputs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     queries = references = None
+    fallbacks: list[str] = []
     for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+        runs, why = effective_precision(precision, backbone.device)
+        if runs != precision and precision != "auto":
+            rows.append({"mode": "winclip", "precision": precision, "runs": f"{runs} (fallback, not timed)"})
+            fallbacks.append(f"{precision}: {why}")
+            continue
         detector = create_winclip(
             class_name="bottle",
             weights=args.weights,
@@ -61,7 +72,10 @@ def run(args: argparse.Namespace) -> dict:
         seconds, outputs[("zero-shot", precision)] = _best(
             _score, (detector, queries), args.repeats, backbone.device
         )
-        rows.append(_row("winclip zero-shot", precision, args.batch_size, seconds, outputs, "zero-shot"))
+        runs = detector.effective_precision
+        rows.append(
+            _row("winclip zero-shot", precision, args.batch_size, seconds, outputs, "zero-shot", runs)
+        )
         start = time.perf_counter()
         detector.set_reference_images(references)
         setup = time.perf_counter() - start
@@ -69,15 +83,22 @@ def run(args: argparse.Namespace) -> dict:
         seconds, outputs[(mode, precision)] = _best(
             _score, (detector, queries), args.repeats, backbone.device
         )
-        rows.append(_row(mode, precision, args.batch_size, seconds, outputs, mode))
+        rows.append(_row(mode, precision, args.batch_size, seconds, outputs, mode, runs))
         rows[-1]["reference setup s"] = round(setup, 2)
     zero_shot = {r["precision"]: r["images/s"] for r in rows if r["mode"] == "winclip zero-shot"}
     zero, bf16 = zero_shot.get("fp32"), zero_shot.get("bf16")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    caps = cpu_capabilities()
+    auto = effective_precision("auto", backbone.device)[0]
     notes = [
         f"{args.model} weights={args.weights} batch={args.batch_size} threads={args.threads} "
         f"device={backbone.device}; best of {args.repeats} after a warm-up; load average {load}",
-        "deviation columns: max |bf16 - fp32| over the batch's image scores / maps (fp32 is the reference)",
+        f"CPU: {caps.summary()}",
+        f"precision auto chose: {auto} "
+        + ("(CUDA autocast)" if backbone.device.type == "cuda" else "(bf16 windows on AMX only, else fp32)"),
+        "deviation columns: max |bf16 - fp32| over the batch's image scores / maps (fp32 is the reference); "
+        f"tolerance {BF16_TOLERANCE['image_score']:g} / {BF16_TOLERANCE['anomaly_map']:g}",
+        *(f"fallback {f}" for f in fallbacks),
     ]
     if zero and args.model == "ViT-B-16-plus-240" and backbone.device.type == "cpu":
         notes.append(
@@ -85,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
             f"images/s; fp32 here: {zero / ANOMALIB_IMAGES_PER_S:.2f}x, bf16 here: "
             + (f"{bf16 / ANOMALIB_IMAGES_PER_S:.2f}x" if bf16 else "not run")
         )
-    result = {"name": "winclip", "rows": rows, "notes": notes}
+    result = {"name": "winclip", "rows": rows, "notes": notes, "cpu": caps.as_dict(), "auto": auto}
     print(_table(result))
     return result
 
@@ -114,10 +135,13 @@ def _best(fn: Callable, fn_args: tuple, repeats: int, device: torch.device) -> t
     return best, out
 
 
-def _row(mode, precision, batch, seconds, outputs=None, key=None) -> dict:
+def _row(mode, precision, batch, seconds, outputs=None, key=None, runs=None) -> dict:
+    from adray.detectors.winclip.model import BF16_TOLERANCE
+
     row = {
         "mode": mode,
         "precision": precision,
+        "runs": runs or precision,
         "images/s": round(batch / seconds, 3),
         "s/batch": round(seconds, 3),
     }
@@ -125,6 +149,10 @@ def _row(mode, precision, batch, seconds, outputs=None, key=None) -> dict:
         (scores, maps), (ref_scores, ref_maps) = outputs[(key, precision)], outputs[(key, "fp32")]
         row["max |d score|"] = float(np.abs(scores - ref_scores).max())
         row["max |d map|"] = float(np.abs(maps - ref_maps).max())
+        row["within tolerance"] = (
+            row["max |d score|"] <= BF16_TOLERANCE["image_score"]
+            and row["max |d map|"] <= BF16_TOLERANCE["anomaly_map"]
+        )
     return row
 
 

@@ -323,9 +323,10 @@ def effective_precision(precision: str, device: torch.device) -> tuple[str, str 
             return ("bf16" if caps.amx_bf16 else "fp32"), None
         effective = "bf16" if caps.native_bf16 else "fp32"
         if effective == "fp32":
+            capped = f", capped by ONEDNN_MAX_CPU_ISA={caps.onednn_max_isa}" if caps.onednn_max_isa else ""
             note = (
-                "precision bf16: this CPU has no native bf16 (needs AMX or AVX512_BF16; it offers "
-                f"{caps.summary()}); running fp32, which is faster here"
+                "precision bf16: this CPU has no native bf16 (needs AMX or AVX512_BF16; best here: "
+                f"{caps.best}{capped}); running fp32, which is faster here"
             )
     if note is not None and note not in _NOTES_LOGGED:
         _NOTES_LOGGED.add(note)
