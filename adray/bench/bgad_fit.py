@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from adray import storage
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
 
     tmp = tempfile.mkdtemp(prefix="adray-bench-bgad-")
-    data = args.data
+    data = storage.absolute_url(args.data) if args.data else args.data  # Ray workers have another cwd
     if data is None:
         from adray.synthetic import generate_mvtec_ad
 

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m adray.train.m3dm_compare --data /tmp/m3dm-synth --generate --tiny
 
-Builds one artifact per mode with :func:`adray.train.m3dm.build_m3dm` (Ray, local cluster unless
-``RAY_ADDRESS`` is set), scores every test item of the category with the loaded detector and prints a
+Builds one artifact per mode with :func:`adray.train.m3dm.build_m3dm` (Ray: its own local cluster unless
+``--address`` or ``RAY_ADDRESS`` names one), scores every test item of the category with the loaded detector and prints a
 table. ``--generate`` first writes the synthetic dataset (:func:`adray.synthetic.generate_mvtec_3d`).
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from adray import storage
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 
 MODES = {
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_address_argument(p)
     args = p.parse_args(argv)
+    args.data = storage.absolute_url(args.data)  # read by Ray workers, whose working directory differs
+    args.work = storage.absolute_url(args.work) if args.work else None
 
     if args.generate:
         from adray.synthetic import generate_mvtec_3d
