@@ -3,8 +3,8 @@
     .venv/bin/python -m adray.train.m3dm_compare --data /tmp/m3dm-synth --generate --tiny
 
 Builds one artifact per mode with :func:`adray.train.m3dm.build_m3dm` (Ray: its own local cluster unless
-``--address`` or ``RAY_ADDRESS`` names one), scores every test item of the category with the loaded detector and prints a
-table. ``--generate`` first writes the synthetic dataset (:func:`adray.synthetic.generate_mvtec_3d`).
+``--address`` or ``RAY_ADDRESS`` names one), scores every test item of the category with the loaded
+detector and prints a table. ``--generate`` first writes the synthetic dataset (:func:`adray.synthetic.generate_mvtec_3d`).
 """
 
 from __future__ import annotations
