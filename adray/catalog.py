@@ -218,9 +218,6 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         "label": pa.array(labels, pa.int8()),
         "defect_type": pa.array(defects, pa.string()),
     }
-    for name in ("pc_uri", "gt_mask_uri"):
-        if name in cols:
-            fixed[name] = pa.array([storage.absolute_url(v) if v else v for v in cols[name]], pa.string())
     for name, values in fixed.items():
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, values)
@@ -231,6 +228,10 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
             table = table.set_column(
                 table.column_names.index(name), name, table.column(name).cast(pa.string())
             )
+    for name in ("pc_uri", "gt_mask_uri"):
+        if name in table.column_names:
+            paths = [storage.absolute_url(v) if v else v for v in table.column(name).to_pylist()]
+            table = table.set_column(table.column_names.index(name), name, pa.array(paths, pa.string()))
     dupes = [k for k, c in Counter(ids).items() if c > 1]
     if dupes:
         raise CatalogError(f"manifest {source}: {len(dupes)} duplicate item_id value(s), e.g. {dupes[0]!r}")
