@@ -34,6 +34,7 @@ from adray.backbones.weights import (
     WeightsUnavailableError,
     cached_file_sha256,
     hub_file_record,
+    hub_file_sha256,
     hub_weights_file,
     offline_help,
     parse_weights,
@@ -132,7 +133,7 @@ def load_backbone(record: dict[str, Any], **kwargs: Any) -> tuple[nn.Module, dic
     if spec.kind == "random":
         return _create(record["name"], None, seed=int(record.get("seed", 0)), **kwargs), done
     if spec.kind == "file":
-        _check_sha256(record, spec.path or "", f"backbone weights file {weights!r}")
+        _check_sha256(record, cached_file_sha256(spec.path or ""), f"backbone weights file {weights!r}")
         return _create(record["name"], spec.path, **kwargs), done
     name = record["name"]
     hub_id, filenames = _hub_location(name)
@@ -144,7 +145,7 @@ def load_backbone(record: dict[str, Any], **kwargs: Any) -> tuple[nn.Module, dic
             raise WeightsUnavailableError(offline_help(arch, tag, hub_id)) from e
     arch, _, tag = name.partition(".")
     path = hub_weights_file(hub_id, filenames, model=arch, tag=tag)
-    _check_sha256(record, path, f"hub weights {hub_id} ({path})")
+    _check_sha256(record, hub_file_sha256(path), f"hub weights {hub_id} ({path})")
     done.update(hub_file_record(hub_id, path))
     return _create(name, path, **kwargs), done
 
@@ -254,12 +255,9 @@ def _sha256(spec: Any) -> str:
     return cached_file_sha256(spec.path or "")
 
 
-def _check_sha256(record: dict[str, Any], path: str, what: str) -> None:
+def _check_sha256(record: dict[str, Any], digest: str, what: str) -> None:
     expected = record.get("sha256")
-    if not expected:
-        return
-    digest = cached_file_sha256(path)
-    if digest != expected:
+    if expected and digest != expected:
         raise WeightsUnavailableError(
             f"{what} has sha256 {digest[:12]}..., but the artifact was fitted with {str(expected)[:12]}...; "
             "provide the original weights file"

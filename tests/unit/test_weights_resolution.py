@@ -150,6 +150,21 @@ def test_open_clip_models_take_their_own_default_tag():
     assert mean == tuple(open_clip.get_pretrained_cfg("RN50", rn50_tags[0])["mean"])
 
 
+def test_hub_file_sha256_reads_the_blob_address_and_hashes_anything_else(tmp_path):
+    from adray.backbones.weights import file_sha256, hub_file_sha256
+
+    content = b"weights" * 1000
+    digest = hashlib.sha256(content).hexdigest()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / digest).write_bytes(content)
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "model.safetensors").symlink_to(Path("..", "blobs", digest))
+    assert hub_file_sha256(str(tmp_path / "snap" / "model.safetensors")) == digest
+    copied = tmp_path / "copied.safetensors"  # a cache without symlinks, or any other file: hashed
+    copied.write_bytes(b"other")
+    assert hub_file_sha256(str(copied)) == file_sha256(str(copied)) == hashlib.sha256(b"other").hexdigest()
+
+
 # ------------------------------------------------------------------------------- the staged offline cache
 
 
@@ -317,6 +332,32 @@ _CHILD = textwrap.dedent(
         ),
         "missing": failure(lambda: load_clip("ViT-B-16", "pretrained", "laion400m_e31", device="cpu")),
     }
+    del from_file, state
+
+    # a WinCLIP artifact records the hub file and refuses a cache whose file differs
+    import os
+    from adray.detectors.winclip.artifact import load_winclip
+    from adray.detectors.winclip.model import WinClip, WinClipConfig
+
+    uri = os.path.join(os.path.dirname(out), "winclip-bottle")
+    # given text embeddings skip the prompt ensemble (seconds of text tower); they are not what is checked
+    text = torch.randn(2, 640, generator=torch.Generator().manual_seed(0))
+    detector = WinClip(pretrained, WinClipConfig(class_name="bottle"), text=text)
+    detector.save(uri)
+    with open(os.path.join(uri, "config.json")) as f:
+        doc = json.load(f)
+    report["winclip"] = {
+        "weights_source": dict(doc["config"]["weights_source"]),
+        "reloaded_same_version": load_winclip(uri, device="cpu").version == detector.version,
+    }
+    doc["config"]["weights_source"]["sha256"] = "0" * 64
+    with open(os.path.join(uri, "config.json"), "w") as f:
+        json.dump(doc, f)
+    try:
+        load_winclip(uri, device="cpu")
+        report["winclip"]["changed_file"] = None
+    except ValueError as e:
+        report["winclip"]["changed_file"] = str(e)
     with open(out, "w") as f:
         json.dump(report, f)
     """
@@ -372,3 +413,12 @@ def test_offline_open_clip_reads_the_hubs_bin_and_equals_the_file(offline_report
     assert (rec["hub_id"], rec["file"], rec["pretrained_tag"]) == (CLIP_HUB, CLIP_FILE, "laion400m_e31")
     assert (rec["sha256"], rec["revision"]) == (staged["sha256"], staged["revision"])
     assert r["file_record"]["sha256"] == staged["sha256"]
+
+
+def test_offline_winclip_artifact_records_the_hub_file_and_checks_it_on_reload(offline_report):
+    r, staged = offline_report["winclip"], offline_report["staged"]["clip"]
+    source = r["weights_source"]
+    assert (source["hub_id"], source["file"], source["sha256"]) == (CLIP_HUB, CLIP_FILE, staged["sha256"])
+    assert source["pretrained_tag"] == "laion400m_e31" and source["revision"] == staged["revision"]
+    assert r["reloaded_same_version"]
+    assert r["changed_file"] is not None and "sha256" in r["changed_file"]
