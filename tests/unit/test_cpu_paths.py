@@ -219,3 +219,26 @@ def test_fused_linear_gelu_only_where_onednn_has_bf16_kernels(monkeypatch):
     else:  # AVX2 (or capped): oneDNN has no bf16 inner product, so the plain MLP runs, unchanged
         assert calls == []
         torch.testing.assert_close(out, plain, atol=0, rtol=0)
+
+
+def test_winclip_benchmark_reports_the_cpu_and_what_each_precision_runs(capsys):
+    import argparse
+
+    from adray.bench import winclip as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model", TINY, "--repeats", "1", "--shots", "1", "--batch-size", "1"])
+    result = bench.run(args)
+    caps = cpu.cpu_capabilities()
+    assert f"CPU: {caps.summary()}" in result["notes"] and result["cpu"]["best"] == caps.best
+    assert result["auto"] == ("bf16" if caps.amx_bf16 else "fp32")
+    assert any(n.startswith(f"precision auto chose: {result['auto']}") for n in result["notes"])
+    bf16_rows = [r for r in result["rows"] if r["precision"] == "bf16"]
+    if caps.native_bf16:  # timed, with its deviation from fp32 judged against the documented tolerance
+        assert [r["runs"] for r in bf16_rows] == ["bf16", "bf16"]
+        assert all(r["images/s"] > 0 and isinstance(r["within tolerance"], bool) for r in bf16_rows)
+    else:  # reported as falling back, not timed
+        assert bf16_rows == [{"mode": "winclip", "precision": "bf16", "runs": "fp32 (fallback, not timed)"}]
+        assert any(n.startswith("fallback bf16:") and "no native bf16" in n for n in result["notes"])
+    assert "CPU:" in capsys.readouterr().out
