@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,16 @@ _TRANSIENT_MARKERS = (
     "timed out",
     "Temporary failure",
 )
+#: ``scheme://USER[:PASSWORD]@`` at the start of a URL. The password may hold '/' (AWS secret keys do) but
+#: not '@'; the user part holds neither, so an S3 key with '@' further down is not taken for user info.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^@/:]*(?::[^@]*)?)@")
+#: The same anywhere in free text (error messages, exception text).
+_USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^@/:\s'\"]*(?::[^@\s'\"]*)?@")
+#: Query parameters of signed URLs whose values are secrets.
+_SECRET_QUERY = re.compile(
+    r"([?&](?:X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|sig|token)=)[^&\s'\"]*",
+    re.IGNORECASE,
+)
 
 
 class StorageError(RuntimeError):
@@ -62,10 +73,51 @@ class Location:
     def url(self, path: str | None = None) -> str:
         """The URL of ``path`` (default: this location) in this filesystem."""
         p = self.path if path is None else path
-        return p if self.protocol == "file" else f"{self.protocol}://{p}"
+        return p if self.protocol == "file" else redact_url(f"{self.protocol}://{p}")
 
     def join(self, *parts: str) -> Location:
         return Location(self.fs, join_path(self.path, *parts), self.protocol)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info (``s3://KEY:SECRET@bucket/k`` -> ``s3://bucket/k``) and without the values of
+    signed-URL query parameters (``X-Amz-Signature=...``): the form of a URL that may be stored or printed.
+    Local paths and URLs without user info come back unchanged; non-strings as they are.
+
+    >>> redact_url("s3://AKIDEXAMPLE:wJalr/K7MDENG@bucket/a@b.png")
+    's3://bucket/a@b.png'
+    """
+    if not isinstance(url, str) or "://" not in url:
+        return url
+    out = _USERINFO.sub(r"\1", url, count=1)
+    return _SECRET_QUERY.sub(r"\1***", out) if "?" in out else out
+
+
+def redact_text(text: str) -> str:
+    """Free text (an error message, an exception's text) with user info stripped from every URL in it,
+    signed-URL secrets and the process's AWS secrets (environment) replaced by ``***``."""
+    if not isinstance(text, str):
+        return text
+    out = _USERINFO_IN_TEXT.sub(r"\1", text) if "://" in text else text
+    if "?" in out:
+        out = _SECRET_QUERY.sub(r"\1***", out)
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        secret = os.environ.get(var)
+        if secret and len(secret) >= 4:
+            out = out.replace(secret, "***")
+    return out
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without user info, user, password)``; user and password are None where the URL has none.
+    User and password are percent-decoded (a secret may be written with ``%2F`` for '/')."""
+    from urllib.parse import unquote
+
+    m = _USERINFO.match(url) if isinstance(url, str) else None
+    if not m:
+        return url, None, None
+    user, _, password = m.group(2).partition(":")
+    return url[: m.start(2)] + url[m.end():], unquote(user) or None, unquote(password) or None
 
 
 def join_path(base: str, *parts: str) -> str:
@@ -115,7 +167,9 @@ def s3_region() -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3fs(endpoint: str | None, region: str) -> fsspec.AbstractFileSystem:
+def _s3fs(
+    endpoint: str | None, region: str, key: str | None = None, secret: str | None = None
+) -> fsspec.AbstractFileSystem:
     try:
         import s3fs
     except ImportError as e:  # pragma: no cover - s3fs is a hard dependency
@@ -129,19 +183,24 @@ def _s3fs(endpoint: str | None, region: str) -> fsspec.AbstractFileSystem:
         "response_checksum_validation": "when_required",
         "retries": {"max_attempts": 5, "mode": "standard"},
     }
+    creds: dict[str, Any] = {"key": key, "secret": secret} if key else {}
     return s3fs.S3FileSystem(
-        client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True
+        client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True, **creds
     )
 
 
 def resolve(url: str) -> Location:
     """Turn a URL (or local path) into a :class:`Location`.
 
+    User info in an S3 URL (``s3://KEY:SECRET@bucket/key``) goes into the filesystem's credentials and
+    nowhere else: the location's ``path`` and :meth:`Location.url` are without it.
+
     >>> resolve("/tmp/data").protocol
     'file'
     """
     if not isinstance(url, str) or not url:
         raise StorageError(f"expected a storage URL or path, got {url!r}")
+    url, user, password = split_userinfo(url)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme == "file":
         path = rest if sep else url
@@ -150,7 +209,12 @@ def resolve(url: str) -> Location:
     if scheme in ("s3", "s3a"):
         if not rest or rest.startswith("/"):
             raise StorageError(f"S3 URL {url!r} has no bucket; write it as s3://BUCKET/PREFIX")
-        return Location(_s3fs(s3_endpoint(), s3_region()), rest.rstrip("/"), "s3")
+        return Location(_s3fs(s3_endpoint(), s3_region(), user, password), rest.rstrip("/"), "s3")
+    if user:
+        raise StorageError(
+            f"credentials in the URL {url!r} are supported for s3:// only; give them through the "
+            "environment or the store's own configuration"
+        )
     try:
         fs = fsspec.filesystem(scheme)
     except (ValueError, ImportError) as e:
@@ -175,6 +239,9 @@ def pyarrow_filesystem(url: str) -> tuple[Any, str]:
         return pafs.LocalFileSystem(), loc.path
     if loc.protocol == "s3":
         kwargs: dict[str, Any] = {"region": s3_region()}
+        _, user, password = split_userinfo(url)
+        if user:
+            kwargs.update(access_key=user, secret_key=password or "")
         endpoint = s3_endpoint()
         if endpoint:
             scheme, _, hostport = endpoint.partition("://")
@@ -215,22 +282,20 @@ def with_retries(
             if attempt == attempts or not is_transient(e):
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("transient error on %s (attempt %d/%d): %s", what, attempt, attempts, _redact(e))
+            log.warning(
+                "transient error on %s (attempt %d/%d): %s", redact_text(what), attempt, attempts, _redact(e)
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 def _redact(exc: BaseException) -> str:
-    text = str(exc)
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-        secret = os.environ.get(var)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+    return redact_text(str(exc))
 
 
 def _friendly(exc: BaseException, url: str) -> BaseException:
     """Map credential problems to an error that says what to do (never echoing secrets)."""
+    url = redact_url(url)
     name = type(exc).__name__
     text = str(exc)
     if name in ("NoCredentialsError", "PartialCredentialsError") or "Unable to locate credentials" in text:
