@@ -69,7 +69,8 @@ def compare_supervised(
 
 
 def _score(det: BgadDetector, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list]:
-    from adray.io.images import decode_image, read_mask
+    from adray.io.images import decode_image
+    from adray.io.masks import read_ground_truth_mask
 
     size = det.cfg.image_size
     scores, maps, masks = [], [], []
@@ -82,7 +83,7 @@ def _score(det: BgadDetector, rows: list[dict[str, Any]]) -> tuple[np.ndarray, n
         scores.append(sb.image_score.numpy())
         maps.append(sb.anomaly_map.numpy())
         for r in chunk:
-            m = read_mask(storage.read_bytes(r["gt_mask_uri"])) if r.get("gt_mask_uri") else None
+            m = read_ground_truth_mask(storage.read_bytes(r["gt_mask_uri"])) if r.get("gt_mask_uri") else None
             masks.append(resize_mask(m, size) if m is not None else np.zeros((size, size), bool))
     return np.concatenate(scores), np.concatenate(maps), masks
 

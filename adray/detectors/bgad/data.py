@@ -118,14 +118,16 @@ def select_anomalies(
 
 def load_items(rows: Sequence[Row], role: str, size: int) -> list[TrainItem]:
     """Read and decode rows (and masks of anomalies) at model size."""
-    from adray.io.images import decode_image, read_mask
+    from adray.io.images import decode_image
+    from adray.io.masks import read_ground_truth_mask
 
     items = []
     for r in rows:
         image = resize_image(decode_image(storage.read_bytes(r["uri"])), size)
         mask = None
         if role == "anomaly":
-            mask = resize_mask(read_mask(storage.read_bytes(r["gt_mask_uri"])), size)
+            # binarised at half range, as the evaluation reads it (JPEG noise is not defect)
+            mask = resize_mask(read_ground_truth_mask(storage.read_bytes(r["gt_mask_uri"])), size)
         items.append(TrainItem(r["item_id"], image, mask, role))
     return items
 
