@@ -39,11 +39,22 @@ def build_parser(prog: str, name: str) -> argparse.ArgumentParser:
 
 
 def run_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse ``argv`` for subcommand ``name`` and run it; the entry of jobs/*.py."""
+    """Parse ``argv`` for subcommand ``name`` and run it; the entry of jobs/*.py.
+
+    Expected user errors (:func:`adray.errors.user_error_types`: a missing input, refused access, a run id
+    held by another writer, ...) print one line ``<prog>: error: ...`` and return 2; anything else is a bug
+    and propagates with its traceback.
+    """
+    from adray.errors import report, user_error_types
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = build_parser(prog or f"adray {name}", name)
+    prog = prog or f"adray {name}"
+    parser = build_parser(prog, name)
     args = parser.parse_args(argv)
-    return int(command_module(name).run(args) or 0)
+    try:
+        return int(command_module(name).run(args) or 0)
+    except user_error_types() as e:  # evaluated when raised: covers classes of modules imported by then
+        return report(prog, e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -303,7 +303,8 @@ def _friendly(exc: BaseException, url: str) -> BaseException:
             f"no credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an "
             "instance/IRSA role); for a non-AWS store also set ADRAY_S3_ENDPOINT"
         )
-    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text:
+    denied = isinstance(exc, PermissionError)  # s3fs's 403 (AccessDenied, "Forbidden"), or local rights
+    if denied or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text:
         return StorageError(f"access to {url} was refused ({name}); check the credentials and bucket policy")
     if _redact(exc) != text:
         return StorageError(f"{name} on {url}: {_redact(exc)}")

@@ -105,6 +105,21 @@ def check_model_name(name: str, pretrained_tag: str | None = None) -> None:
         _check_tag(arch, tag)
 
 
+def check_pretrained_available(name: str, pretrained_tag: str | None = None) -> str | None:
+    """Make sure the pretrained weights of ``name`` can be had here, before any work starts (a driver's
+    check ahead of its Ray workers): the local path of the hub file (downloaded into the hub cache when
+    the hub can be reached), or None when timm loads these weights its own way (not checked here).
+
+    Raises :class:`BackboneNameError` / :class:`WeightsUnavailableError` as :func:`load_backbone` would.
+    """
+    full = resolve_model_name(name, pretrained_tag)
+    hub_id, filenames = _hub_location(full)
+    if hub_id is None or filenames is None:
+        return None
+    arch, _, tag = full.partition(".")
+    return hub_weights_file(hub_id, filenames, model=arch, tag=tag)
+
+
 def backbone_record(
     name: str, weights: str, *, pretrained_tag: str | None = None, seed: int = 0
 ) -> dict[str, Any]:

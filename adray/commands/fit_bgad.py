@@ -162,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
     from adray.train.bgad import fit_bgad
 
     model_cfg, train_cfg = configs_from_args(args)
+    if model_cfg.weights in ("", "pretrained"):  # fail here, not in a Ray worker, when none are cached
+        from adray.backbones.timm_features import check_pretrained_available
+
+        check_pretrained_available(model_cfg.backbone, model_cfg.pretrained_tag)
     ensure_ray(args.address)
     summary = fit_bgad(
         storage.absolute_url(args.train),

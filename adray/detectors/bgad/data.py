@@ -23,6 +23,7 @@ from adray import storage
 from adray.detectors.bgad.config import BgadTrainConfig
 from adray.detectors.bgad.fit import TrainItem
 from adray.detectors.bgad.images import copy_paste, resize_image, resize_mask
+from adray.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,18 @@ class FitPlan:
         }
 
 
+class FitPlanError(UserError, ValueError):
+    """The data cannot make the fit asked for (no normal training items, no anomalies with masks)."""
+
+
 def plan_fit(rows: Sequence[Row], category: str, cfg: BgadTrainConfig) -> FitPlan:
     """Split manifest rows (dicts with the manifest columns) of ``category`` into fit roles."""
     rows = sorted((r for r in rows if r.get("category") == category), key=lambda r: r["item_id"])
     normals = [r for r in rows if r.get("split") == "train" and int(r.get("label") or 0) == 0]
     if not normals:
-        raise ValueError(f"no train/good items for category {category!r}; check --train and --category")
+        raise FitPlanError(
+            f"no train/good items for category {category!r}; check --train and --category"
+        )
     rng = random.Random(f"bgad-calibration/{cfg.seed}/{category}")
     shuffled = normals[:]
     rng.shuffle(shuffled)
@@ -77,9 +84,12 @@ def plan_fit(rows: Sequence[Row], category: str, cfg: BgadTrainConfig) -> FitPla
                 f"asked for {cfg.num_anomalies} anomalies, only {len(plan.anomalies)} test anomalies with masks"
             )
         if not plan.anomalies:
-            raise ValueError(
+            raise FitPlanError(
                 f"--num-anomalies {cfg.num_anomalies} but category {category!r} has no test anomalies with "
                 "ground-truth masks" + (f" of types {list(cfg.seen_defects)}" if cfg.seen_defects else "")
+                + "; the supervised fit needs defect masks: fit the unsupervised variant with "
+                "--num-anomalies 0, or add masks (MVTec layout: ground_truth/<defect>/<name>_mask.png, "
+                "or a gt_mask_uri manifest column)"
             )
     return plan
 
