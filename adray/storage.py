@@ -41,6 +41,13 @@ _TRANSIENT_MARKERS = (
     "Connection aborted",
     "timed out",
     "Temporary failure",
+    "ConnectionClosed",
+    "EndpointConnectionError",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "IncompleteRead",
+    "ServerDisconnected",
+    "ClientPayloadError",
 )
 #: ``scheme://USER[:PASSWORD]@`` at the start of a URL. The password may hold '/' (AWS secret keys do) but
 #: not '@'; the user part holds neither, so an S3 key with '@' further down is not taken for user info.
@@ -60,6 +67,12 @@ class StorageError(RuntimeError):
 
 class TransientStorageError(StorageError):
     """A storage operation failed in a way that may succeed when retried."""
+
+
+class UnreadableError(StorageError):
+    """An object that may well exist could not be read now (access refused, throttled, 5xx, timeout,
+    reset), even after the retries of :func:`read_object`. The message names the URL without credentials
+    and the kind of failure, never the object's content."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,30 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
         return url, None, None
     user, _, password = m.group(2).partition(":")
     return url[: m.start(2)] + url[m.end():], unquote(user) or None, unquote(password) or None
+
+
+def is_under_prefix(url: str, prefix: str) -> bool:
+    """Whether ``url`` lies under ``prefix`` (``--allow-prefix``), compared as what would be read: user info
+    dropped, scheme lower-case (``s3a`` = ``s3``), local paths (plain or ``file://``) with symlinks and
+    ``..`` resolved; on other schemes both the written path and its ``..``-normalised form must be under
+    ``prefix``. The match ends at a ``/``: ``s3://bucket`` admits ``s3://bucket/x``, not ``s3://bucket2/x``.
+    """
+    written, normal = _match_forms(url)
+    base = _match_forms(prefix)[1].rstrip("/")
+    return all(f == base or f.startswith(base + "/") for f in {written, normal})
+
+
+def _match_forms(url: str) -> tuple[str, str]:
+    import posixpath
+
+    url = split_userinfo(url)[0]
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() == "file":
+        path = os.path.realpath(os.path.expanduser(rest if sep else url))
+        return path, path
+    scheme = scheme.lower()
+    scheme = "s3" if scheme == "s3a" else scheme
+    return f"{scheme}://{rest}", f"{scheme}://{posixpath.normpath(rest) if rest else rest}"
 
 
 def join_path(base: str, *parts: str) -> str:
@@ -266,6 +303,15 @@ def is_transient(exc: BaseException) -> bool:
     return any(m in text for m in _TRANSIENT_MARKERS)
 
 
+def is_missing(exc: BaseException) -> bool:
+    """The object does not exist (404, ``NoSuchKey``, ``NoSuchBucket``, no such file or folder): a
+    property of the item, not of the moment, so never worth retrying."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    return any(m in text for m in ("NoSuchKey", "NoSuchBucket", "Not Found (404)"))
+
+
 def with_retries(
     fn: Callable[[], T],
     *,
@@ -273,13 +319,15 @@ def with_retries(
     attempts: int = 4,
     base_delay: float = 0.2,
     max_delay: float = 5.0,
+    retry_on: Callable[[BaseException], bool] = is_transient,
 ) -> T:
-    """Call ``fn`` with bounded retries and jittered exponential backoff on transient errors."""
+    """Call ``fn`` with bounded retries and jittered exponential backoff on errors ``retry_on`` accepts
+    (default :func:`is_transient`); the last error is raised as it is."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as e:
-            if attempt == attempts or not is_transient(e):
+            if attempt == attempts or not retry_on(e):
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
             log.warning(
@@ -331,6 +379,54 @@ def read_bytes(url: str) -> bytes:
         raise
     except Exception as e:
         _raise_friendly(e, url)
+
+
+#: Attempts and first backoff of :func:`read_object` (delays double: 0.5, 1, 2, 4 s, jittered x0.5-1.5).
+READ_ATTEMPTS = 5
+READ_BASE_DELAY = 0.5
+
+
+def read_object(url: str, *, attempts: int = READ_ATTEMPTS, base_delay: float = READ_BASE_DELAY) -> bytes:
+    """Read a whole object for scoring, telling "does not exist" from "could not read now".
+
+    Raises ``FileNotFoundError`` when the object does not exist (404, ``NoSuchKey``, ``NoSuchBucket``, no
+    such local file; not retried); :class:`UnreadableError` when every one of ``attempts`` reads failed
+    otherwise: access refused (403 / ``PermissionError``), throttling (``SlowDown``), 5xx, timeouts,
+    connection resets. Those are retried here with jittered exponential backoff (the one retry layer of
+    adray; s3fs and botocore keep their own low-level retries underneath). :class:`StorageError` for a URL
+    that names no usable filesystem. Messages carry the URL without user info, never file contents.
+    """
+    loc = resolve(url)
+    shown = redact_url(url)
+    try:
+        return with_retries(
+            lambda: loc.fs.cat_file(loc.path),
+            what=f"read {shown}",
+            attempts=attempts,
+            base_delay=base_delay,
+            retry_on=lambda e: not is_missing(e),
+        )
+    except Exception as e:
+        if is_missing(e):
+            raise FileNotFoundError(f"no such object: {shown}") from None
+        raise UnreadableError(f"could not read {shown} ({attempts} attempts): {read_failure(e)}") from None
+
+
+def read_failure(exc: BaseException) -> str:
+    """A short, credential-free description of why a read failed (its kind, not the server's prose)."""
+    text = f"{type(exc).__name__} {exc}"
+    if isinstance(exc, PermissionError) or any(m in text for m in ("AccessDenied", "403", "Forbidden")):
+        return f"access refused ({type(exc).__name__})"
+    if any(m in text for m in ("SlowDown", "Throttl", "reduce your request rate")):
+        return f"throttled ({type(exc).__name__})"
+    if isinstance(exc, TimeoutError) or any(m in text for m in ("timed out", "Timeout")):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, ConnectionError) or any(m in text for m in ("Connection", "reset", "Disconnected")):
+        return f"connection failed ({type(exc).__name__})"
+    for code in ("500", "502", "503", "504", "InternalError", "ServiceUnavailable"):
+        if code in text:
+            return f"server error {code} ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
 
 
 @contextlib.contextmanager

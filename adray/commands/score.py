@@ -47,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     io.add_argument("--limit", type=int, default=None, help="score at most N items (smoke runs)")
     io.add_argument(
+        "--allow-prefix",
+        dest="allow_prefixes",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="read only item URIs under PREFIX (repeatable; e.g. s3://bucket/images); any other URI gets a "
+        "row with status refused. By default a manifest's URIs are read with the job's rights, whatever "
+        "they name",
+    )
+    io.add_argument(
         "--max-pixels",
         type=int,
         default=64_000_000,
@@ -192,6 +202,7 @@ def config_from_args(args: argparse.Namespace, *, delta: bool = False) -> ScoreC
         retain_memory=args.retain_memory,
         actor_env=parse_env(args.actor_env),
         address=args.address,
+        allow_prefixes=args.allow_prefixes or [],
     )
 
 

@@ -1,6 +1,12 @@
 """CPU stage: bytes -> decoded image (and point cloud) -> the detector's preprocessed arrays.
 
-Runs as stateless Ray tasks (``map_batches`` with the default task pool). Every input row leaves as one
+Runs as stateless Ray tasks (``map_batches`` with the default task pool). The task reads its items' bytes
+itself through :func:`adray.storage.read_object` (:func:`fetch_batch`: a thread per read, so a batch's
+reads overlap and decoding starts with the first object that arrives), which tells a missing object
+(``not_found``) from one that could not be read now (403, throttling, 5xx, timeouts, resets: retried with
+backoff, then ``read_error``, which re-inspection retries). Ray Data's ``download()`` expression could not:
+it turns every read error into null bytes. An optional allow-list of prefixes refuses other URIs
+(``refused``) before anything is read. Every input row leaves as one
 output row: a bad item (missing object, zero bytes, truncated or corrupt image, decompression bomb, a
 point cloud that is too large, truncated, pickled, has no valid points or the wrong shape, a preprocess
 failure, any exception at all while handling the item) gets ``status`` = its error kind and a readable
@@ -22,11 +28,13 @@ from __future__ import annotations
 import json
 import math
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from adray import storage
 from adray.io.images import ImageDecodeError, decode_image_noted
 from adray.io.pointclouds import DEFAULT_MAX_POINTS, PointCloudDecodeError, decode_pointcloud, valid_mask
 from adray.io.sniff import describe_bytes, describe_exception
@@ -56,6 +64,8 @@ _POINTCLOUD_STATUS = {
     "dtype": "unsupported",
 }
 _MAX_ERROR_CHARS = 500
+#: Concurrent object reads per decode task (I/O bound: threads wait on the network, not the CPU).
+READ_THREADS = 16
 
 
 def decode_batch(
@@ -66,10 +76,15 @@ def decode_batch(
     needs_xyz: bool,
     max_points: int = DEFAULT_MAX_POINTS,
     bit_depth: int | None = None,
+    allow_prefixes: tuple[str, ...] = (),
+    read_attempts: int = storage.READ_ATTEMPTS,
 ) -> pa.Table:
-    """``map_batches`` UDF (pyarrow format): decode and preprocess every row, never raising per item.
+    """``map_batches`` UDF (pyarrow format): read, decode and preprocess every row, never raising per item.
 
-    Pass-through columns keep their Arrow types (a numpy round trip would turn all-null strings into NaN).
+    The bytes come from ``image_bytes`` / ``pc_bytes`` columns when the batch has them (null = missing),
+    else they are read here (:func:`fetch_batch`, with ``allow_prefixes`` and ``read_attempts``). The
+    ``uri`` and ``pc_uri`` columns leave without user info (credentials). Pass-through columns keep their
+    Arrow types (a numpy round trip would turn all-null strings into NaN).
     """
     detectors = cached_detector_set(spec)
     n = batch.num_rows
@@ -79,44 +94,65 @@ def decode_batch(
     packed: list[bytes | None] = [None] * n
     height = [0] * n
     width = [0] * n
-    images = batch.column(IMAGE_BYTES).to_pylist()
-    clouds = batch.column(PC_BYTES).to_pylist() if PC_BYTES in batch.column_names else [None] * n
     depths = (
         batch.column(BIT_DEPTH_COLUMN).to_pylist() if BIT_DEPTH_COLUMN in batch.column_names else [None] * n
     )
-    uris = batch.column("uri").to_pylist()
-    pc_uris = batch.column("pc_uri").to_pylist()
+    raw_uris = batch.column("uri").to_pylist()
+    raw_pc_uris = batch.column("pc_uri").to_pylist()
+    uris = [storage.redact_url(u) for u in raw_uris]
+    pc_uris = [storage.redact_url(u) for u in raw_pc_uris]
     categories = batch.column("category").to_pylist()
     item_ids = batch.column("item_id").to_pylist()
-    for i in range(n):
-        sample, problem = None, None
-        try:
-            item_bits = _item_bit_depth(depths[i], bit_depth)
-        except ValueError as e:
-            problem = ("unsupported", f"{uris[i]}: {e}")
-        else:
-            sample, problem = decode_sample(
-                image_bytes=images[i],
-                pc_bytes=clouds[i],
-                uri=uris[i],
-                pc_uri=pc_uris[i],
-                max_pixels=max_pixels,
-                needs_xyz=needs_xyz,
-                max_points=max_points,
-                bit_depth=item_bits,
-            )
-        if sample is not None:
-            note[i] = sample.pop("note", None)
-            height[i], width[i] = sample["image"].shape[:2]
-            sample["category"], sample["item_id"] = categories[i], item_ids[i]
+    if IMAGE_BYTES in batch.column_names:
+        images = batch.column(IMAGE_BYTES).to_pylist()
+        clouds = batch.column(PC_BYTES).to_pylist() if PC_BYTES in batch.column_names else [None] * n
+        fetched = [_Given(images[i], clouds[i]) for i in range(n)]
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, n)))
+        fetched = fetch_batch(
+            pool, raw_uris, raw_pc_uris if needs_xyz else [None] * n, allow_prefixes, read_attempts
+        )
+    try:
+        for i in range(n):
+            sample, problem = None, None
+            image_bytes, pc_bytes, read_problem = fetched[i].result()
+            if read_problem:
+                status[i], error[i] = read_problem
+                continue
             try:
-                packed[i] = pack_arrays(detectors.preprocess(categories[i], sample))
-            except Exception as e:  # a detector's preprocess must not take the whole batch down
-                problem = ("error", f"preprocess failed: {type(e).__name__}: {e}"[:_MAX_ERROR_CHARS])
-        if problem:
-            status[i], error[i] = problem
-    out = batch.select(list(PASS_THROUGH))
+                item_bits = _item_bit_depth(depths[i], bit_depth)
+            except ValueError as e:
+                problem = ("unsupported", f"{uris[i]}: {e}")
+            else:
+                sample, problem = decode_sample(
+                    image_bytes=image_bytes,
+                    pc_bytes=pc_bytes,
+                    uri=uris[i],
+                    pc_uri=pc_uris[i],
+                    max_pixels=max_pixels,
+                    needs_xyz=needs_xyz,
+                    max_points=max_points,
+                    bit_depth=item_bits,
+                )
+            if sample is not None:
+                note[i] = sample.pop("note", None)
+                height[i], width[i] = sample["image"].shape[:2]
+                sample["category"], sample["item_id"] = categories[i], item_ids[i]
+                try:
+                    packed[i] = pack_arrays(detectors.preprocess(categories[i], sample))
+                except Exception as e:  # a detector's preprocess must not take the whole batch down
+                    text = storage.redact_text(f"preprocess failed: {type(e).__name__}: {e}")
+                    problem = ("error", text[:_MAX_ERROR_CHARS])
+            if problem:
+                status[i], error[i] = problem
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    out = batch.select([c for c in PASS_THROUGH if c not in ("uri", "pc_uri")])
     for name, values, typ in (
+        ("uri", uris, batch.schema.field("uri").type),
+        ("pc_uri", pc_uris, batch.schema.field("pc_uri").type),
         ("status", status, pa.string()),
         ("error", error, pa.string()),
         ("note", note, pa.string()),
@@ -126,6 +162,60 @@ def decode_batch(
     ):
         out = out.append_column(name, pa.array(values, typ))
     return out
+
+
+ReadOutcome = tuple[Any, Any, "tuple[str, str] | None"]  # image bytes, point-cloud bytes, (status, error)
+
+
+class _Given:
+    """Bytes a caller already read (``image_bytes`` / ``pc_bytes`` columns), shaped like a read's future."""
+
+    def __init__(self, image: Any, cloud: Any) -> None:
+        self._outcome: ReadOutcome = (image, cloud, None)
+
+    def result(self) -> ReadOutcome:
+        return self._outcome
+
+
+def fetch_batch(
+    pool: ThreadPoolExecutor,
+    uris: list[str],
+    pc_uris: list[Any],
+    allow_prefixes: tuple[str, ...] = (),
+    attempts: int = storage.READ_ATTEMPTS,
+) -> list[Future[ReadOutcome]]:
+    """Start reading each item's image (and point cloud where ``pc_uris[i]`` is set) on ``pool``; one
+    future per item, in order, each giving ``(image_bytes, pc_bytes, None)`` or
+    ``(None, None, (status, error))``: ``refused`` (not under ``allow_prefixes``), ``not_found`` (the
+    object does not exist), ``read_error`` (could not be read now, after the retries of
+    :func:`adray.storage.read_object`), ``unsupported`` (a URL no filesystem here can read)."""
+    return [pool.submit(read_item, u, p, allow_prefixes, attempts) for u, p in zip(uris, pc_uris)]
+
+
+def read_item(
+    uri: str, pc_uri: Any, allow_prefixes: tuple[str, ...] = (), attempts: int = storage.READ_ATTEMPTS
+) -> ReadOutcome:
+    """Read one item's bytes; see :func:`fetch_batch`. Never raises."""
+    targets = [("", uri)] + ([("point cloud ", pc_uri)] if pc_uri else [])
+    if allow_prefixes:
+        for what, url in targets:
+            if not any(storage.is_under_prefix(url, p) for p in allow_prefixes):
+                rule = ", ".join(storage.redact_url(p) for p in allow_prefixes)
+                return None, None, ("refused", f"{what}{storage.redact_url(url)} is not under any --allow-prefix ({rule})")
+    out: list[Any] = []
+    for what, url in targets:
+        try:
+            out.append(storage.read_object(url, attempts=attempts))
+        except FileNotFoundError:
+            return None, None, ("not_found", f"{what}{storage.redact_url(url)} does not exist")
+        except storage.UnreadableError as e:
+            return None, None, ("read_error", f"{what}{e}"[:_MAX_ERROR_CHARS])
+        except storage.StorageError as e:  # no filesystem for this URL: a property of the item
+            return None, None, ("unsupported", storage.redact_text(f"{what}{e}")[:_MAX_ERROR_CHARS])
+        except Exception as e:  # anything else is retryable rather than a verdict on the item
+            text = f"{what}could not read {storage.redact_url(url)}: {storage.read_failure(e)}"
+            return None, None, ("read_error", text[:_MAX_ERROR_CHARS])
+    return out[0], (out[1] if len(out) > 1 else None), None
 
 
 def decode_sample(
@@ -146,7 +236,7 @@ def decode_sample(
     a decoder becomes ``corrupt`` (the same bytes would fail again), a ``MemoryError`` ``error`` (retryable).
     """
     if image_bytes is None:
-        return None, ("not_found", f"could not read {uri} (missing object or read error)")
+        return None, ("not_found", f"{uri} does not exist")
     data = bytes(image_bytes)
     try:
         decoded = decode_image_noted(data, max_pixels=max_pixels, bit_depth=bit_depth)
@@ -159,7 +249,7 @@ def decode_sample(
     if not needs_xyz:
         return sample, None
     if pc_bytes is None:
-        return None, ("not_found", f"could not read point cloud {pc_uri} (missing object or read error)")
+        return None, ("not_found", f"point cloud {pc_uri} does not exist")
     pc_data = bytes(pc_bytes)
     try:
         xyz = decode_pointcloud(pc_data, str(pc_uri), max_points=max_points)

@@ -1,12 +1,17 @@
 """The Ray Data graph of one detector pass:
 
-    work list (manifest rows) -> download(uri[, pc_uri]) -> decode + preprocess (CPU tasks)
+    work list (manifest rows) -> read(uri[, pc_uri]) + decode + preprocess (CPU tasks)
       -> detector actor pool (ActorPoolStrategy) -> masks + typed rows (CPU tasks)
       -> write_parquet(results/detector=<name>/date=<YYYY-MM-DD>/<run_id>.<uuid>_*.parquet)
 
-Bytes come from the manifest's URIs through Ray Data's ``download()`` expression (no listing on the
-driver); a missing object yields null bytes and becomes a ``not_found`` row downstream. Result files
-carry the run id in their name so readers can keep to committed runs and a resumed run can find its own.
+The decode tasks read the manifest's URIs themselves through :mod:`adray.storage` (no listing on the
+driver; :func:`adray.pipeline.decode.fetch_batch`): a missing object becomes a ``not_found`` row, one that
+could not be read now (403, throttling, 5xx, timeouts) a ``read_error`` row after bounded retries, which
+re-inspection picks up again. Ray Data's ``download()`` expression is not used: it turns every read error
+into null bytes, so a 403 window looked like deleted objects. Reading in the decode task also keeps the
+bytes out of Ray's object store between a download actor and the decode task, and takes one more Ray
+process (the download actor) off the machine. Result files carry the run id in their name so readers can
+keep to committed runs and a resumed run can find its own.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from adray import storage
-from adray.pipeline.decode import IMAGE_BYTES, PC_BYTES, decode_batch
+from adray.pipeline.decode import decode_batch
 from adray.pipeline.query import RUN_FILE_SEPARATOR
 from adray.pipeline.rows import PARTITION_COLS, finalize_batch
 from adray.pipeline.scoring import ScoringActor
@@ -37,17 +42,11 @@ class DetectorPass:
 def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
     """The lazy Ray Dataset of result rows for one detector pass (nothing runs until it is written)."""
     import ray.data
-    from ray.data.expressions import download
 
     work = job.work
     step = max(1, config.rows_per_block)
     blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)] or [work]
     ds = ray.data.from_arrow(blocks)
-    fs, _ = storage.pyarrow_filesystem(_first(work, "uri"))
-    ds = ds.with_column(IMAGE_BYTES, download("uri", filesystem=fs))
-    if job.needs_xyz:
-        pc_fs, _ = storage.pyarrow_filesystem(_first(work, "pc_uri") or _first(work, "uri"))
-        ds = ds.with_column(PC_BYTES, download("pc_uri", filesystem=pc_fs))
     env = config.actor_env_vars()
     # merged with the job's runtime_env (env_vars key by key; its other fields are inherited)
     actor_runtime = {"runtime_env": {"env_vars": env}} if env else {}
@@ -60,6 +59,8 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
             "max_points": config.max_points,
             "bit_depth": config.bit_depth,
             "needs_xyz": job.needs_xyz,
+            "allow_prefixes": tuple(config.allow_prefixes),
+            "read_attempts": config.read_attempts,
         },
         batch_size=config.decode_batch_size,
         batch_format="pyarrow",

@@ -50,7 +50,7 @@ def finalize_batch(
         url = storage.join_url(output, mask_key(cols["detector_version"][i], cols["item_id"][i]))
         if write_masks:
             storage.write_bytes(url, png)
-        mask_uri[i], map_min[i], map_max[i] = url, float(lo), float(hi)
+        mask_uri[i], map_min[i], map_max[i] = storage.redact_url(url), float(lo), float(hi)
 
     todo = [i for i in range(n) if status[i] == "ok" and maps[i] is not None]
     with ThreadPoolExecutor(max_workers=min(_MASK_WRITE_THREADS, max(1, len(todo)))) as pool:
@@ -58,15 +58,15 @@ def finalize_batch(
     for i, fut in futures.items():
         exc = fut.exception()
         if exc is not None:
-            status[i], error[i] = "error", f"mask write failed: {type(exc).__name__}: {exc}"
+            status[i], error[i] = "error", f"mask write failed: {type(exc).__name__}: {storage.redact_text(str(exc))}"
 
     score = [s if st == "ok" else None for s, st in zip(cols["image_score"], status)]
     thr = cols["threshold"]
     data = {
         "run_id": [run_id] * n,
         "item_id": cols["item_id"],
-        "uri": cols["uri"],
-        "pc_uri": cols["pc_uri"],
+        "uri": [storage.redact_url(u) for u in cols["uri"]],
+        "pc_uri": [storage.redact_url(u) for u in cols["pc_uri"]],
         "category": cols["category"],
         "detector": [detector] * n,
         "detector_version": cols["detector_version"],
@@ -77,7 +77,7 @@ def finalize_batch(
         "map_min": [v if st == "ok" else None for v, st in zip(map_min, status)],
         "map_max": [v if st == "ok" else None for v, st in zip(map_max, status)],
         "status": status,
-        "error": [None if st == "ok" else (e or st) for e, st in zip(error, status)],
+        "error": [None if st == "ok" else storage.redact_text(e or st) for e, st in zip(error, status)],
         "label": cols["label"],
         "defect_type": cols["defect_type"],
         "content_token": cols["content_token"],
@@ -122,8 +122,8 @@ def build_run_record(
         "started_at": started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
         "status": "committed",
-        "input": input_uri,
-        "output": output,
+        "input": storage.redact_url(input_uri),
+        "output": storage.redact_url(output),
         "detectors": detectors,
         "counts": {
             k: int(counts.get(k, 0)) for k in ("in", "out", "ok", "error", "anomalous", "not_applicable")
@@ -132,7 +132,7 @@ def build_run_record(
         "config": config,
         "adray_version": adray_version,
     }
-    record.update(extra or {})
+    record.update({k: storage.redact_url(v) for k, v in (extra or {}).items()})
     schemas.validate_record(record, "run_record")
     return record
 

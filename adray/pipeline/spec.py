@@ -88,6 +88,8 @@ class ScoreConfig:
     retain_memory: bool = True  # actors keep freed blocks for reuse (adray.runtime.retain_freed_memory)
     actor_env: dict[str, str] = field(default_factory=dict)  # extra env vars for scoring actors (see actor_env_vars)
     address: str | None = None  # Ray cluster to attach to (auto, host:port, ray://...); default RAY_ADDRESS or embedded
+    allow_prefixes: list[str] = field(default_factory=list)  # read only URIs under these (else status refused)
+    read_attempts: int = 5  # reads of one object before its row is read_error (adray.storage.read_object)
 
     def validated(self) -> ScoreConfig:
         """Check values a person typed; fill the run id; make local paths absolute (Ray workers do not share
@@ -111,6 +113,8 @@ class ScoreConfig:
                 problems.append(f"{name} must be >= {low}, got {value}")
         if self.num_gpus < 0 or self.num_cpus < 0:
             problems.append("--num-gpus and --num-cpus must be >= 0")
+        if self.read_attempts < 1:
+            problems.append(f"read_attempts must be >= 1, got {self.read_attempts}")
         if self.max_pixels < 1 or self.max_points < 1:
             problems.append("--max-pixels and --max-points must be >= 1")
         if self.bit_depth is not None and not 1 <= self.bit_depth <= 16:
@@ -129,6 +133,7 @@ class ScoreConfig:
             self.reference = storage.absolute_url(self.reference)
         self.detectors = [storage.absolute_url(d) if looks_like_artifact(d) else d for d in self.detectors]
         self.weights = storage.absolute_url(self.weights, keep=WEIGHT_KEYWORDS)
+        self.allow_prefixes = [storage.absolute_url(p) for p in self.allow_prefixes]
         return self
 
     def actor_env_vars(self) -> dict[str, str]:
@@ -165,10 +170,21 @@ class ScoreConfig:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        """The config as JSON for the run record; ``actor_env`` by names only (values may be secrets)."""
+        """The config as JSON for the run record; ``actor_env`` by names only (values may be secrets), URLs
+        and other text without user info (:func:`adray.storage.redact_text`)."""
         doc = json.loads(json.dumps(asdict(self), default=str))
         doc["actor_env"] = sorted(self.actor_env)
-        return doc
+        return _redacted(doc)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return storage.redact_text(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
 
 
 def default_run_id(now: datetime | None = None) -> str:

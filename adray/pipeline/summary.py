@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from adray import storage
+
 
 @dataclass
 class DetectorCounts:
@@ -41,6 +43,12 @@ class RunSummary:
     scoring_s: float
     references: dict[str, list[str]] = field(default_factory=dict)
     removed_partial_files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A summary is printed and stored: its URLs never carry user info (credentials).
+        for name in ("input", "manifest", "output", "results_url", "masks_url", "run_record_url"):
+            setattr(self, name, storage.redact_url(getattr(self, name)))
+        self.removed_partial_files = [storage.redact_url(u) for u in self.removed_partial_files]
 
     def total(self, key: str) -> int:
         return sum(int(getattr(d, key)) for d in self.detectors)
