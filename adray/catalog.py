@@ -10,14 +10,25 @@ Layouts (``LAYOUTS``; ``"auto"`` picks the first that fits, checking a few folde
 - ``folder``: ``<category>/<split>/<label>/...`` (any depth below the label), label ``good``/``normal``/``ok``
   is normal, anything else names a defect; an optional ``<category>/ground_truth/`` as in MVTec AD.
 
-Listing streams through :func:`adray.storage.walk_files` one category (and one label folder) at a time and
-rows leave in :data:`BATCH_ROWS`-row Arrow batches, so peak memory does not grow with the archive. Hidden
-and system files are skipped; stray files (outside the layout), zero-byte files and missing partners (a
-mask, a point cloud, an image listed in a CSV) go into a :class:`CatalogReport` (counts + a bounded list of
-examples) instead of stopping the run. Zero-byte files are left out of the manifest.
+Listing streams one category (and one label folder) at a time and rows leave in :data:`BATCH_ROWS`-row
+Arrow batches, so peak memory does not grow with the archive.
 
-``item_id`` is ``sha256(uri)[:16]`` (hex): stable for a URI, so re-cataloguing the same archive gives the same
-ids; ``content_token`` (etag / version id / size+mtime, ``rgb|xyz`` for 3D items) tells changed content.
+Every file under an item folder (an MVTec/folder label folder, an MVTec 3D-AD ``rgb/`` folder) becomes
+exactly one manifest row, so that scoring gives it exactly one result row: images (any of
+:data:`IMAGE_EXTS`, dot-named ones such as ``..png`` included) are read and scored; a zero-byte file, a file
+whose name is not an image's, and a URI adray will not read faithfully (:func:`uri_refusal`) get
+``skip_status`` (``empty`` / ``unsupported`` / ``refused``) and ``skip_reason``, which every detector's row
+repeats without reading the file. Only operating-system metadata (``.DS_Store``, ``Thumbs.db``,
+``desktop.ini``, ``._*`` AppleDouble files, hidden folders, ``__MACOSX``) is left out, counted as
+``ignored``. Files outside item folders (stray), partner files without their item (a mask, a point cloud)
+and partners that are absent go into a :class:`CatalogReport` (counts + a bounded list of examples).
+
+URIs are written once, in canonical form (:func:`canonical_uri`): local paths absolute and normalised
+(``file:///data/x.png`` and ``/data/./x.png`` are ``/data/x.png``), ``s3a://`` as ``s3://``, no user info.
+``item_id`` is ``sha256(canonical uri)[:16]`` (hex): stable for a file, so re-cataloguing the same archive
+gives the same ids, and two spellings of one file are one item. ``content_token`` follows the bytes:
+``h:<sha256>`` of each local file (read once per catalog), the version id or ETag on object stores
+(``rgb|xyz`` for 3D items).
 The layouts themselves live in :mod:`adray.catalog_layouts`; this module holds the public API, the report,
 and manifest reading (Parquet / CSV / JSONL, validated and normalised) and streaming writing.
 """
@@ -41,7 +52,10 @@ from adray.schemas import load_schema
 LAYOUTS = ("mvtec", "mvtec3d", "visa", "folder")
 BATCH_ROWS = 10_000
 MAX_EXAMPLES = 20
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Names read as images (the decoder takes the first frame of GIF / WebP / multi-page TIFF, and says so).
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+#: ``skip_status`` values: the row status of a file that is catalogued but not read.
+SKIP_STATUSES = ("refused", "unsupported", "empty")
 NORMAL_LABELS = ("good", "normal", "ok")
 SPLITS = {"train": "train", "training": "train", "val": "validation", "validation": "validation"}
 SPLITS |= {"valid": "validation", "test": "test", "testing": "test"}
@@ -62,9 +76,11 @@ class CatalogReport:
     layout: str
     items: int = 0
     stray: int = 0  # files that fit no part of the layout
-    unreadable: int = 0  # zero-byte or unlistable files (left out of the manifest)
+    unreadable: int = 0  # zero-byte partner files (masks, point clouds): left out of their item
     missing: int = 0  # expected partners that are absent (mask, point cloud, image listed in a CSV)
-    ignored: int = 0  # dataset documentation files (license.txt, class_ids.json, ...)
+    ignored: int = 0  # dataset documentation and operating-system files (license.txt, .DS_Store, ...)
+    clashes: int = 0  # images with more than one candidate mask (the row names one; the example says which)
+    skipped: Counter = field(default_factory=Counter)  # skip_status -> items catalogued but not to be read
     groups: Counter = field(default_factory=Counter)  # (category, split, label name) -> items
     examples: list[str] = field(default_factory=list)
 
@@ -75,6 +91,8 @@ class CatalogReport:
 
     def count(self, row: dict[str, Any]) -> None:
         self.items += 1
+        if row.get("skip_status"):
+            self.skipped[row["skip_status"]] += 1
         label = {0: "normal", 1: "anomalous"}.get(row.get("label"), "unknown")
         self.groups[(row["category"], row["split"], label)] += 1
 
@@ -83,26 +101,94 @@ class CatalogReport:
             {"category": c, "split": s, "label": lb, "items": n}
             for (c, s, lb), n in sorted(self.groups.items())
         ]
-        keys = ("source", "layout", "items", "stray", "unreadable", "missing", "ignored", "examples")
-        return {**{k: getattr(self, k) for k in keys}, "groups": groups}
+        keys = ("source", "layout", "items", "stray", "unreadable", "missing", "ignored", "clashes", "examples")
+        out = {**{k: getattr(self, k) for k in keys}, "groups": groups}
+        return {**out, "skipped": dict(sorted(self.skipped.items()))}
 
     def summary(self) -> str:
         lines = [f"catalog of {self.source} (layout {self.layout}): {self.items} items"]
         lines += [f"  {c:<20} {s:<11} {lb:<10} {n:>9}" for (c, s, lb), n in sorted(self.groups.items())]
         lines.append(
             f"  stray files: {self.stray}, unreadable: {self.unreadable}, missing partners: {self.missing}, "
-            f"ignored docs: {self.ignored}"
+            f"ignored docs/system files: {self.ignored}, mask clashes: {self.clashes}"
         )
+        if self.skipped:
+            skipped = ", ".join(f"{k}: {n}" for k, n in sorted(self.skipped.items()))
+            lines.append(f"  items catalogued with a row status instead of being read: {skipped}")
         lines += [f"  - {e}" for e in self.examples]
-        hidden = self.stray + self.unreadable + self.missing - len(self.examples)
+        hidden = self.stray + self.unreadable + self.missing + self.clashes - len(self.examples)
         if hidden > 0:
             lines.append(f"  ... and {hidden} more")
         return "\n".join(lines)
 
 
 def item_id_for(uri: str) -> str:
-    """The stable item id of ``uri``: the first 16 hex digits of its sha256."""
-    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
+    """The stable item id of ``uri``: the first 16 hex digits of the sha256 of its canonical form
+    (:func:`canonical_uri`; a canonical local absolute path or ``s3://`` URL hashes as it is written)."""
+    return hashlib.sha256(canonical_uri(uri).encode("utf-8")).hexdigest()[:16]
+
+
+def canonical_uri(uri: str, *, keep_userinfo: bool = False) -> str:
+    """The one spelling of a file's URI that adray stores and hashes into ``item_id``.
+
+    Local paths (relative, ``~``, ``file://``) become absolute and normalised (:func:`adray.storage.absolute_url`:
+    ``file:///data/x.png``, ``/data/./x.png`` and ``/data/y/../x.png`` are all ``/data/x.png``, as the OS
+    reads them); the scheme is lower-cased, ``s3a://`` is ``s3://``; user info (credentials) is dropped unless
+    ``keep_userinfo`` (for the in-process copy that must still read the file). Object-store keys are kept
+    byte for byte: ``a/../x.png`` is a different S3 object from ``x.png`` (see :func:`uri_refusal`).
+
+    >>> canonical_uri("file:///data/./x.png"), canonical_uri("S3A://bucket/k.png")
+    ('/data/x.png', 's3://bucket/k.png')
+    """
+    bare = storage.redact_url(uri)
+    scheme, sep, rest = bare.partition("://")
+    if not sep or scheme.lower() == "file":
+        return storage.absolute_url(bare)
+    scheme = scheme.lower()
+    scheme = "s3" if scheme == "s3a" else scheme
+    info = ""
+    if keep_userinfo and bare != uri:
+        start = uri.index("://") + 3
+        info = uri[start : start + len(uri) - len(bare)]
+    return f"{scheme}://{info}{rest}"
+
+
+#: C0 control characters and DEL: Ray's and urllib's URL parsing drop tab/newline/CR, so such a name reads
+#: a different file (or none); shells and logs mangle the rest.
+_CONTROL = {chr(c) for c in range(32)} | {chr(127)}
+
+
+def uri_refusal(uri: str) -> str | None:
+    """Why adray refuses to read ``uri`` (None: it reads it). A refused file still gets its row
+    (``skip_status`` ``refused``) instead of a wrong read:
+
+    - a control character (newline, tab, ...) anywhere in the URI;
+    - an object-store key with a ``.`` / ``..`` or empty segment: S3 keeps ``a/../x.png`` as its own object,
+      but path-normalising readers (pyarrow, Ray Data) read ``x.png`` instead, and s3fs listings skip it.
+    """
+    bad = sorted({c for c in uri if c in _CONTROL})
+    if bad:
+        names = ", ".join(repr(c) for c in bad)
+        return f"name has a control character ({names}) that URL readers drop or change; rename the file"
+    scheme, sep, rest = storage.redact_url(uri).partition("://")
+    if sep and scheme.lower() != "file":
+        segments = rest.split("/")[1:]  # after the bucket
+        for seg, what in (("..", "a '..'"), (".", "a '.'"), ("", "an empty")):
+            if seg in segments[:-1] or (seg != "" and segments[-1:] == [seg]):
+                return (
+                    f"object key has {what} segment: path-normalising readers would read a different object; "
+                    "rename the key"
+                )
+    return None
+
+
+def readable_items(table: pa.Table) -> pa.Table:
+    """The manifest rows to read (``skip_status`` null): what fitting and reference picking may use."""
+    if "skip_status" not in table.column_names:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_null(table.column("skip_status")))
 
 
 def build_manifest(
@@ -146,6 +232,10 @@ def _batches(rows: Iterable[dict[str, Any]], report: CatalogReport, size: int) -
     schema = load_schema("manifest")
     pending: list[dict[str, Any]] = []
     for row in rows:
+        row["uri"] = canonical_uri(row["uri"])
+        refusal = uri_refusal(row["uri"])
+        if refusal and row.get("skip_status") != "refused":
+            row["skip_status"], row["skip_reason"] = "refused", refusal
         row["item_id"] = item_id_for(row["uri"])
         report.count(row)
         pending.append(row)
@@ -168,6 +258,8 @@ _STRING_COLUMNS = (
     "defect_type",
     "gt_mask_uri",
     "content_token",
+    "skip_status",
+    "skip_reason",
 )
 _NORMAL_WORDS = {"0", "good", "normal", "ok", "false", "negative"}
 _ANOMALOUS_WORDS = {"1", "anomaly", "anomalous", "defect", "bad", "ng", "true", "positive"}
@@ -203,10 +295,24 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
             raise CatalogError(
                 f"manifest {source}: column {name!r} is empty in {len(bad)} row(s), e.g. row {bad[0]}"
             )
-    # Relative local paths are read from the driver's working directory; Ray workers run elsewhere.
-    uris = [storage.absolute_url(str(u)) for u in cols["uri"]]
+    # One spelling per file; relative local paths are read from the driver's working directory (Ray workers
+    # run elsewhere). User info stays in this in-process copy (it may be the only credential); item ids,
+    # the duplicate check and written manifests use the form without it.
+    uris = [canonical_uri(str(u), keep_userinfo=True) for u in cols["uri"]]
+    bare = [canonical_uri(u) for u in uris]
+    _refuse_duplicate_files(cols["uri"], bare, source)
     ids = cols.get("item_id") or [None] * n
-    ids = [str(i) if i not in (None, "") else item_id_for(u) for i, u in zip(ids, uris)]
+    ids = [str(i) if i not in (None, "") else item_id_for(u) for i, u in zip(ids, bare)]
+    skips = list(cols.get("skip_status") or [None] * n)
+    reasons = list(cols.get("skip_reason") or [None] * n)
+    for i, u in enumerate(bare):
+        if skips[i] not in (None, "") and skips[i] not in SKIP_STATUSES:
+            raise CatalogError(
+                f"manifest {source}: skip_status {skips[i]!r} in row {i}; use one of {', '.join(SKIP_STATUSES)}"
+            )
+        refusal = uri_refusal(u)
+        if refusal and skips[i] != "refused":
+            skips[i], reasons[i] = "refused", refusal
     splits = [_split_name(s, source) for s in (cols.get("split") or [None] * n)]
     labels = [_label_value(v, source) for v in (cols.get("label") or [None] * n)]
     defects = cols.get("defect_type") or [None] * n
@@ -217,6 +323,8 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         "split": pa.array(splits, pa.string()),
         "label": pa.array(labels, pa.int8()),
         "defect_type": pa.array(defects, pa.string()),
+        "skip_status": pa.array([s or None for s in skips], pa.string()),
+        "skip_reason": pa.array([r or None for r in reasons], pa.string()),
     }
     for name, values in fixed.items():
         if name in table.column_names:
@@ -230,12 +338,25 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
             )
     for name in ("pc_uri", "gt_mask_uri"):
         if name in table.column_names:
-            paths = [storage.absolute_url(v) if v else v for v in table.column(name).to_pylist()]
+            paths = [canonical_uri(v, keep_userinfo=True) if v else v for v in table.column(name).to_pylist()]
             table = table.set_column(table.column_names.index(name), name, pa.array(paths, pa.string()))
     dupes = [k for k, c in Counter(ids).items() if c > 1]
     if dupes:
         raise CatalogError(f"manifest {source}: {len(dupes)} duplicate item_id value(s), e.g. {dupes[0]!r}")
     return conform_table(table, "manifest")
+
+
+def _refuse_duplicate_files(given: list[Any], canonical: list[str], source: str) -> None:
+    """One file, one row: two rows naming the same file (``/data/x.png`` and ``file:///data/x.png``) would
+    be scored as two items."""
+    first: dict[str, int] = {}
+    for i, u in enumerate(canonical):
+        j = first.setdefault(u, i)
+        if j != i:
+            raise CatalogError(
+                f"manifest {source}: rows {j} and {i} name the same file {u} (as {storage.redact_url(str(given[j]))!r} "
+                f"and {storage.redact_url(str(given[i]))!r}); list each file once"
+            )
 
 
 def _split_name(value: Any, source: str) -> str:
@@ -345,10 +466,19 @@ def catalog_to(
 
             table = table.filter(pc.is_in(table.column("category"), pa.array(categories)))
         report = CatalogReport(source=source, layout="manifest")
-        for row in table.select(["category", "split", "label"]).to_pylist():
+        for row in table.select(["category", "split", "label", "skip_status"]).to_pylist():
             report.count(row)
-        write_manifest(table, output)
+        write_manifest(_without_userinfo(table), output)
         return report
     report = CatalogReport(source=source, layout=layout)
     write_manifest(iter_manifest_batches(source, layout, categories=categories, report=report), output)
     return report
+
+
+def _without_userinfo(table: pa.Table) -> pa.Table:
+    """``table`` with user info (credentials) dropped from its URI columns, for writing."""
+    for name in ("uri", "pc_uri", "gt_mask_uri"):
+        if name in table.column_names:
+            values = [canonical_uri(v) if v else v for v in table.column(name).to_pylist()]
+            table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
+    return table

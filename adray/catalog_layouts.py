@@ -8,7 +8,9 @@ files (MVTec 3D-AD pairs rgb/xyz/gt there) or the category's masks (MVTec AD pai
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -83,18 +85,13 @@ def rows_folder(
             for label in labels:
                 label_url = storage.join_url(split_url, label)
                 normal = label.lower() in NORMAL_LABELS
-                for url, info in storage.walk_files(label_url):
+                for url, info in _item_files(label_url, report):
                     rel = _relative(url, label_url)
-                    if not rel.lower().endswith(IMAGE_EXTS):
-                        report.note("stray", url, "not an image")
-                        continue
-                    if _size(info) == 0:
-                        report.note("unreadable", url, "zero bytes")
-                        continue
+                    skip = _skip(url, info)
                     gt = masks.pop(f"{label}/{_stem(rel)}", None)
-                    if gt is None and mvtec and has_gt and not normal and split == "test":
+                    if gt is None and skip is None and mvtec and has_gt and not normal and split == "test":
                         report.note("missing", url, "no ground-truth mask")
-                    yield _row(url, None, cat, split, normal, label, gt, storage.content_token(info))
+                    yield _row(url, None, cat, split, normal, label, gt, _token(url, info, skip), skip)
         for url in masks.values():
             report.note("stray", url, "ground-truth mask without a matching image")
 
@@ -104,7 +101,11 @@ def rows_mvtec(root: str, wanted: list[str] | None, report: CatalogReport) -> It
 
 
 def _masks(gt_url: str, report: CatalogReport) -> dict[str, str]:
-    """``"<label>/<name>"`` -> mask URL for one category (bounded by its anomalous items)."""
+    """``"<label>/<name>"`` -> mask URL for one category (bounded by its anomalous items).
+
+    When several files fit one image (``000_mask.png`` and ``000.png``, or ``.png`` and ``.jpg``), the one
+    named ``<name>_mask`` wins, then the first by name; the clash is counted and reported with both names.
+    """
     masks: dict[str, str] = {}
     for url, info in storage.walk_files(gt_url):
         rel = _relative(url, gt_url)
@@ -114,7 +115,13 @@ def _masks(gt_url: str, report: CatalogReport) -> dict[str, str]:
             report.note("unreadable", url, "zero bytes")
         else:
             stem = _stem(rel)
-            masks[stem[: -len("_mask")] if stem.endswith("_mask") else stem] = url
+            key = stem[: -len("_mask")] if stem.endswith("_mask") else stem
+            kept = masks.get(key)
+            if kept is not None:
+                kept, other = sorted((kept, url), key=lambda u: (not _stem(u).endswith("_mask"), u))
+                report.note("clashes", other, f"another mask fits the same image; used {kept}")
+                url = kept
+            masks[key] = url
     return masks
 
 
@@ -145,10 +152,12 @@ def rows_mvtec3d(root: str, wanted: list[str] | None, report: CatalogReport) -> 
 
 def _rows_3d_label(label_url: str, cat: str, split: str, label: str, report: CatalogReport) -> Iterator[Row]:
     parts: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
-    for url, info in storage.walk_files(label_url):
+    for url, info in _item_files(label_url, report):
         kind, _, name = _relative(url, label_url).partition("/")
         exts = POINT_CLOUD_EXTS if kind == "xyz" else IMAGE_EXTS
-        if kind not in ("rgb", "xyz", "gt") or "/" in name or not name.lower().endswith(exts):
+        if kind == "rgb" and "/" not in name:  # the item folder: every file here is an item
+            parts.setdefault(_stem(name), {})[kind] = (url, info)
+        elif kind not in ("rgb", "xyz", "gt") or "/" in name or not name.lower().endswith(exts):
             report.note("stray", url, "expected rgb/NNN.png, xyz/NNN.tiff or gt/NNN.png")
         elif _size(info) == 0:
             report.note("unreadable", url, "zero bytes")
@@ -162,15 +171,16 @@ def _rows_3d_label(label_url: str, cat: str, split: str, label: str, report: Cat
                 report.note("missing", url, "no rgb image for this sample")
             continue
         rgb_url, rgb_info = sample["rgb"]
-        token = storage.content_token(rgb_info)
+        skip = _skip(rgb_url, rgb_info)
+        token = _token(rgb_url, rgb_info, skip)
         pc_url = None
         if "xyz" in sample:
             pc_url, pc_info = sample["xyz"]
-            token = f"{token}|{storage.content_token(pc_info)}"
-        else:
+            token = f"{token}|{_token(pc_url, pc_info, skip)}"
+        elif skip is None:
             report.note("missing", rgb_url, "no xyz point cloud")
         gt = sample["gt"][0] if "gt" in sample else None
-        yield _row(rgb_url, pc_url, cat, split, normal, label, gt, token)
+        yield _row(rgb_url, pc_url, cat, split, normal, label, gt, token, skip)
 
 
 # ------------------------------------------------------------------------------------------------ VisA
@@ -189,13 +199,8 @@ def rows_visa(root: str, wanted: list[str] | None, report: CatalogReport) -> Ite
             raise CatalogError(f"categories {unknown} are not in {csv_url}; it lists {sorted(by_object)}")
     for obj in [o for o in by_object if not wanted or o in wanted]:
         images: dict[str, tuple[str, dict[str, Any]]] = {}
-        empty: set[str] = set()
-        for url, info in storage.walk_files(storage.join_url(root, obj, "Data", "Images")):
-            if _size(info) == 0:
-                report.note("unreadable", url, "zero bytes")
-                empty.add(_relative(url, root))
-            else:
-                images[_relative(url, root)] = (url, info)
+        for url, info in _item_files(storage.join_url(root, obj, "Data", "Images"), report):
+            images[_relative(url, root)] = (url, info)
         masks = {
             _relative(u, root): u for u, _ in storage.walk_files(storage.join_url(root, obj, "Data", "Masks"))
         }
@@ -203,8 +208,7 @@ def rows_visa(root: str, wanted: list[str] | None, report: CatalogReport) -> Ite
         for rec in by_object[obj]:
             rel = rec["image"].strip().lstrip("/")
             if rel not in images:
-                if rel not in empty:
-                    report.note("missing", storage.join_url(root, rel), "listed in 1cls.csv but absent")
+                report.note("missing", storage.join_url(root, rel), "listed in 1cls.csv but absent")
                 continue
             url, info = images.pop(rel)
             normal = rec["label"].strip().lower() in NORMAL_LABELS
@@ -214,7 +218,8 @@ def rows_visa(root: str, wanted: list[str] | None, report: CatalogReport) -> Ite
                 report.note("missing", storage.join_url(root, mask_rel), "mask listed in 1cls.csv not found")
             defect = "good" if normal else defects.get(rel) or "anomaly"
             split = SPLITS.get(rec["split"].strip().lower(), "test")
-            yield _row(url, None, obj, split, normal, defect, gt, storage.content_token(info))
+            skip = _skip(url, info)
+            yield _row(url, None, obj, split, normal, defect, gt, _token(url, info, skip), skip)
         for url, _ in images.values():
             report.note("stray", url, "image not listed in split_csv/1cls.csv")
         for url in masks.values():
@@ -250,9 +255,19 @@ def _read_csv(url: str, required: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def _row(
-    uri: str, pc_uri: str | None, cat: str, split: str, normal: bool, defect: str, gt: str | None, token: str
+    uri: str,
+    pc_uri: str | None,
+    cat: str,
+    split: str,
+    normal: bool,
+    defect: str,
+    gt: str | None,
+    token: str,
+    skip: tuple[str, str] | None = None,
 ) -> Row:
     return {
+        "skip_status": skip[0] if skip else None,
+        "skip_reason": skip[1] if skip else None,
         "uri": uri,
         "pc_uri": pc_uri,
         "category": cat,
@@ -262,6 +277,82 @@ def _row(
         "gt_mask_uri": gt,
         "content_token": token,
     }
+
+
+#: Operating-system metadata files: not items, counted as ignored.
+SYSTEM_FILES = (".ds_store", "thumbs.db", "desktop.ini")
+
+
+def _item_files(url: str, report: CatalogReport) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(url, info)`` of every file under an item folder, sorted, hidden names included (``..png``,
+    ``.x.png`` are files like any other). Operating-system metadata (:data:`SYSTEM_FILES`, ``._*``
+    AppleDouble files, anything in a hidden folder or ``__MACOSX``) is counted as ignored instead.
+
+    Object stores are listed flat (no delimiter), so keys that a ``/``-delimited walk loses (``a/../x.png``,
+    ``a//x.png``) are seen and become rows (refused, :func:`adray.catalog.uri_refusal`).
+    """
+    loc = storage.resolve(url)
+    if loc.protocol == "file":
+        entries = []
+        for root, dirs, files in os.walk(loc.path):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    report.note("stray", path, "cannot be read (vanished or no permission to stat)")
+                    continue
+                entries.append((path, {"name": path, "size": st.st_size, "mtime": st.st_mtime, "type": "file"}))
+    else:
+        try:
+            found = storage.with_retries(lambda: loc.fs.find(loc.path, detail=True), what=f"list {url}")
+        except FileNotFoundError:
+            found = {}
+        entries = [(loc.url(p), i) for p, i in sorted(found.items()) if i.get("type", "file") != "directory"]
+    base = loc.url().rstrip("/") + "/"
+    for file_url, info in entries:
+        parts = file_url[len(base) :].split("/") if file_url.startswith(base) else [file_url]
+        name = parts[-1]
+        hidden_dir = any(p.startswith(".") and p not in (".", "..") or p == "__MACOSX" for p in parts[:-1])
+        if hidden_dir or name.lower() in SYSTEM_FILES or name.startswith("._"):
+            report.ignored += 1
+            continue
+        yield file_url, info
+
+
+def _skip(url: str, info: dict[str, Any]) -> tuple[str, str] | None:
+    """``(skip_status, reason)`` for a file under an item folder that is not to be read, else None."""
+    from adray.catalog import uri_refusal
+
+    refusal = uri_refusal(url)
+    if refusal:
+        return "refused", refusal
+    name = url.rsplit("/", 1)[-1]
+    if not name.lower().endswith(IMAGE_EXTS):
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name.strip(".") else ""
+        kind = f".{ext} file" if ext else "file without an extension"
+        return "unsupported", f"not an image file name ({kind}; images: {', '.join(IMAGE_EXTS)})"
+    if _size(info) == 0:
+        return "empty", "zero bytes when catalogued"
+    return None
+
+
+def _token(url: str, info: dict[str, Any], skip: tuple[str, str] | None = None) -> str:
+    """The content token of a file: ``h:<sha256>`` (first 32 hex digits) of a local file's bytes, so that a
+    rewrite keeping size and mtime (``cp -p``, ``rsync -t``) still changes it; the version id / ETag of an
+    object (:func:`adray.storage.content_token`). Files not to be read keep the metadata token."""
+    loc = storage.resolve(url)
+    if loc.protocol != "file" or skip is not None:
+        return storage.content_token(info)
+    digest = hashlib.sha256()
+    try:
+        with open(loc.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return storage.content_token(info)  # unreadable now: the scorer says why
+    return f"h:{digest.hexdigest()[:32]}"
 
 
 def _listdir(url: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:

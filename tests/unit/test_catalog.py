@@ -71,7 +71,8 @@ def test_mvtec_ad_layout_is_detected_and_catalogued(tmp_path):
     table, report = build_manifest(root)
     validate_table(table, "manifest")
     assert table.schema.equals(load_schema("manifest"))
-    assert report.layout == "mvtec" and report.items == table.num_rows == 7
+    # every file under a label folder is a row: 7 images, the zero-byte 002.png and notes.txt (not read)
+    assert report.layout == "mvtec" and report.items == table.num_rows == 9
     rows = _by_name(table)
     good = rows["bottle/train/good/000.png"]
     assert good["label"] == 0 and good["defect_type"] == "good" and good["split"] == "train"
@@ -80,16 +81,21 @@ def test_mvtec_ad_layout_is_detected_and_catalogued(tmp_path):
     assert bad["label"] == 1 and bad["defect_type"] == "broken_large" and bad["category"] == "bottle"
     assert bad["gt_mask_uri"].endswith("bottle/ground_truth/broken_large/001_mask.png")
     assert bad["item_id"] == hashlib.sha256(bad["uri"].encode()).hexdigest()[:16] == item_id_for(bad["uri"])
-    assert bad["content_token"].startswith("s:")
+    assert bad["content_token"] == "h:" + hashlib.sha256(_png(201)).hexdigest()[:32]
+    assert bad["skip_status"] is None and bad["skip_reason"] is None
     assert rows["cable/test/cut/000.png"]["gt_mask_uri"] is None
-    # what was left out, and why
-    assert report.unreadable == 1 and report.stray == 3 and report.missing == 1 and report.ignored == 2
+    empty, notes = rows["bottle/train/good/002.png"], rows["bottle/test/broken_large/notes.txt"]
+    assert (empty["skip_status"], empty["skip_reason"]) == ("empty", "zero bytes when catalogued")
+    assert notes["skip_status"] == "unsupported" and "not an image file name (.txt file" in notes["skip_reason"]
+    assert notes["label"] == 1 and notes["defect_type"] == "broken_large"
+    assert dict(report.skipped) == {"empty": 1, "unsupported": 1}
+    # what was left out, and why: docs and .DS_Store ignored, masks without an image stray
+    assert report.unreadable == 0 and report.stray == 2 and report.missing == 1 and report.ignored == 3
     text = "\n".join(report.examples)
-    assert "002.png (zero bytes)" in text and "notes.txt (not an image)" in text
     assert "009_mask.png (ground-truth mask without a matching image)" in text
     assert "cable/test/cut/000.png (no ground-truth mask)" in text
     assert "Thumbs.db" not in text and ".DS_Store" not in text
-    assert report.groups[("bottle", "test", "anomalous")] == 2
+    assert report.groups[("bottle", "test", "anomalous")] == 3  # 000.png, 001.png and notes.txt
 
 
 def test_catalog_is_deterministic_and_category_filter_works(tmp_path):
@@ -139,7 +145,7 @@ def test_mvtec_3d_layout_pairs_rgb_xyz_and_gt(tmp_path):
     assert cut["pc_uri"].endswith("tire/test/cut/xyz/001.tiff")
     assert cut["gt_mask_uri"].endswith("tire/test/cut/gt/001.png")
     assert cut["label"] == 1 and cut["defect_type"] == "cut"
-    assert cut["content_token"].count("|") == 1 and cut["content_token"].startswith("s:")
+    assert cut["content_token"].count("|") == 1 and cut["content_token"].startswith("h:")
     assert rows["validation/good/rgb/000.png"]["split"] == "validation"
     lonely = rows["train/good/rgb/005.png"]
     assert lonely["pc_uri"] is None and "|" not in lonely["content_token"]
@@ -187,10 +193,10 @@ def test_visa_layout_follows_its_split_csv(tmp_path):
     assert bad["defect_type"] == "wax missing"
     assert bad["gt_mask_uri"].endswith("candle/Data/Masks/Anomaly/000.png")
     assert rows["Data/Images/Normal/0000.JPG"]["split"] == "train"
-    assert report.stray == 1 and report.unreadable == 1
-    assert report.missing == 1  # 001.JPG listed but absent (pcb1's empty 0000.JPG counts as unreadable)
-    only_pcb, _ = build_manifest(root, "visa", categories=["pcb1"])
-    assert only_pcb.num_rows == 0
+    assert report.stray == 1 and report.unreadable == 0
+    assert report.missing == 1  # 001.JPG listed but absent
+    only_pcb, _ = build_manifest(root, "visa", categories=["pcb1"])  # its listed image has zero bytes: a row
+    assert only_pcb.column("skip_status").to_pylist() == ["empty"]
 
 
 def test_generic_folder_layout(tmp_path):
@@ -230,7 +236,7 @@ def test_batches_are_bounded(tmp_path):
     root = str(tmp_path / "mvtec")
     _mvtec_tree(root)
     batches = list(catalog.iter_manifest_batches(root, batch_rows=3))
-    assert [b.num_rows for b in batches] == [3, 3, 1]
+    assert [b.num_rows for b in batches] == [3, 3, 3]
 
 
 # -------------------------------------------------------------------------------------- given manifests
@@ -287,7 +293,8 @@ def test_manifest_missing_a_required_column_names_it_and_the_required_set(tmp_pa
         ("uri,category,label\n/x/a.png,c,maybe\n", "label 'maybe' is not 0/1"),
         ("uri,category,label\n/x/a.png,c,2\n", "label 2 is not 0/1"),
         ("uri,category,split\n/x/a.png,c,holdout\n", "unknown split 'holdout'"),
-        ("uri,category\n/x/a.png,c\n/x/a.png,c\n", "duplicate item_id"),
+        ("uri,category\n/x/a.png,c\n/x/a.png,c\n", "rows 0 and 1 name the same file /x/a.png"),
+        ("item_id,uri,category\nk,/x/a.png,c\nk,/x/b.png,c\n", "duplicate item_id"),
         ("uri,category\n/x/a.png,\n", "'category' is empty in 1 row"),
     ],
 )
@@ -341,15 +348,15 @@ def test_catalog_on_s3_and_manifest_round_trip(s3_bucket):
     root = f"{s3_bucket}/datasets/mvtec"
     _mvtec_tree(root)
     table, report = build_manifest(root)
-    assert report.layout == "mvtec" and table.num_rows == 7 and report.unreadable == 1 and report.stray == 3
+    assert report.layout == "mvtec" and table.num_rows == 9 and report.stray == 2 and report.ignored == 3
     uris = table.column("uri").to_pylist()
     assert all(u.startswith(f"{s3_bucket}/datasets/mvtec/") for u in uris)
-    assert all(t.startswith("e:") for t in table.column("content_token").to_pylist())
+    assert all(t.startswith("e:") for t in table.column("content_token").to_pylist())  # S3: the ETag
     assert storage.read_bytes(uris[0])[:4] == b"\x89PNG"
     out = f"{s3_bucket}/manifests/m.parquet"
     report = catalog.catalog_to(root, out)
     assert read_manifest(out).column("item_id").to_pylist() == table.column("item_id").to_pylist()
-    assert report.items == 7
+    assert report.items == 9
 
     def failing():
         yield from table.to_batches(max_chunksize=2)
@@ -368,9 +375,10 @@ def test_cli_catalog_prints_a_summary(tmp_path, capsys):
     out = str(tmp_path / "m.parquet")
     assert main(["catalog", "--input", root, "--output", out, "--report-json", str(tmp_path / "r.json")]) == 0
     text = capsys.readouterr().out
-    assert "layout mvtec): 7 items" in text and "stray files: 3, unreadable: 1" in text
+    assert "layout mvtec): 9 items" in text and "stray files: 2, unreadable: 0" in text
+    assert "catalogued with a row status instead of being read: empty: 1, unsupported: 1" in text
     assert "bottle" in text and "anomalous" in text
-    assert json.loads((tmp_path / "r.json").read_text())["items"] == 7
+    assert json.loads((tmp_path / "r.json").read_text())["items"] == 9
     # a manifest as input is validated and copied
     assert main(["catalog", "--input", out, "--output", str(tmp_path / "m2.csv"), "--category", "cable"]) == 0
     assert "layout manifest): 2 items" in capsys.readouterr().out

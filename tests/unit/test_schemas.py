@@ -45,6 +45,7 @@ def test_results_schema_has_the_contract_columns_and_types():
 def test_manifest_schema_columns():
     assert load_schema("manifest").names == [
         "item_id", "uri", "pc_uri", "category", "split", "label", "defect_type", "gt_mask_uri", "content_token",
+        "skip_status", "skip_reason",
     ]  # fmt: skip
 
 
