@@ -12,6 +12,7 @@ through fsspec. Credentials never appear in logs or error messages.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -48,7 +49,10 @@ _TRANSIENT_MARKERS = (
     "IncompleteRead",
     "ServerDisconnected",
     "ClientPayloadError",
+    "reduce your request rate",
 )
+#: errno values s3fs gives 5xx and throttling answers (503/SlowDown: EBUSY, 500: EREMOTEIO).
+_TRANSIENT_ERRNOS = (errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN)
 #: ``scheme://USER[:PASSWORD]@`` at the start of a URL. The password may hold '/' (AWS secret keys do) but
 #: not '@'; the user part holds neither, so an S3 key with '@' further down is not taken for user info.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^@/:]*(?::[^@]*)?)@")
@@ -203,9 +207,25 @@ def s3_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-@functools.lru_cache(maxsize=16)
+def _botocore_attempts() -> int:
+    """botocore's attempts per S3 request: ``AWS_MAX_ATTEMPTS`` (the standard AWS variable), default 3.
+    They sit under :func:`with_retries` (a quick second try of one HTTP request); keeping them few keeps
+    the product of the two layers small."""
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "3")))
+    except ValueError:
+        return 3
+
+
 def _s3fs(
     endpoint: str | None, region: str, key: str | None = None, secret: str | None = None
+) -> fsspec.AbstractFileSystem:
+    return _s3fs_cached(endpoint, region, key, secret, _botocore_attempts())
+
+
+@functools.lru_cache(maxsize=16)
+def _s3fs_cached(
+    endpoint: str | None, region: str, key: str | None, secret: str | None, attempts: int
 ) -> fsspec.AbstractFileSystem:
     try:
         import s3fs
@@ -218,12 +238,15 @@ def _s3fs(
     config_kwargs = {
         "request_checksum_calculation": "when_required",
         "response_checksum_validation": "when_required",
-        "retries": {"max_attempts": 5, "mode": "standard"},
+        "retries": {"max_attempts": attempts, "mode": "standard"},
     }
     creds: dict[str, Any] = {"key": key, "secret": secret} if key else {}
     return s3fs.S3FileSystem(
         client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True, **creds
     )
+
+
+_s3fs.cache_clear = _s3fs_cached.cache_clear  # type: ignore[attr-defined]
 
 
 def resolve(url: str) -> Location:
@@ -298,6 +321,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
     text = f"{type(exc).__name__} {exc}"
     return any(m in text for m in _TRANSIENT_MARKERS)
