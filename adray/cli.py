@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "winclip": ("winclip", "score local images with WinCLIP zero-/few-shot and print the scores"),
     "score": ("score", "score an archive with one or more detectors on Ray; Parquet + mask PNGs out"),
     "reinspect": ("reinspect", "score only new or changed items (backlog re-inspection)"),
+    "runs": ("runs", "repair a run whose files conflict, or show who holds a run id's lease"),
     "query": ("query", "run DuckDB SQL over committed results (views: results, latest_scores, runs)"),
     "fit-bgad": ("fit_bgad", "fit a BGAD detector with Ray Train"),
     "build-m3dm": ("build_m3dm", "build an M3DM detector (features, fusion, memory banks) with Ray"),

@@ -13,12 +13,14 @@ import logging
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from adray import storage
+from adray.errors import UserError
 from adray.pipeline.backlog import delta, rows_already_written
 from adray.pipeline.cluster import (  # noqa: F401  (public here before the cluster module existed)
     EMBEDDED_RAY_SYSTEM_CONFIG,
@@ -28,6 +30,7 @@ from adray.pipeline.cluster import (  # noqa: F401  (public here before the clus
 )
 from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.graph import DetectorPass, build_dataset, write_results
+from adray.pipeline.lease import RunLease, hold_run_lease
 from adray.pipeline.query import list_result_files
 from adray.pipeline.rows import build_run_record, read_run_record, run_record_url, write_run_record
 from adray.pipeline.spec import ScoreConfig
@@ -36,14 +39,24 @@ from adray.pipeline.summary import DetectorCounts, RunSummary
 log = logging.getLogger(__name__)
 
 
-class RunCheckError(RuntimeError):
+class RunCheckError(UserError, RuntimeError):
     """Rows in storage do not match the items that went in; the run is left uncommitted."""
 
 
 def score_archive(config: ScoreConfig) -> RunSummary:
-    """Score ``config.input`` with ``config.detectors`` into ``config.output``; see the module docstring."""
+    """Score ``config.input`` with ``config.detectors`` into ``config.output``; see the module docstring.
+
+    Holds the run id's lease (:mod:`adray.pipeline.lease`) from before the first write until the run
+    commits or fails: raises :class:`~adray.pipeline.lease.LeaseHeldError` at once when another live
+    writer has the same run id, :class:`RunCheckError` when the rows do not check out.
+    """
     config.validated()
     run_id = str(config.run_id)
+    with hold_run_lease(config.output, run_id) as lease:
+        return _score_archive(config, run_id, lease)
+
+
+def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSummary:
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     manifest, manifest_url = load_manifest(config, run_id)
@@ -127,6 +140,7 @@ def score_archive(config: ScoreConfig) -> RunSummary:
             "run %s was already committed and nothing was left to score; its record stays as it was", run_id
         )
         return summary
+    lease.check()  # a writer that stalled past its lease's expiry must not commit over the new owner
     write_run_record(config.output, record)
     return summary
 
@@ -242,7 +256,80 @@ def _check_and_count(
             "run %s %s: in=%d out=%d ok=%d errors=%d", run_id, c.name, c.rows_in, c.rows_out, c.ok, c.errors
         )
     if problems:
+        if any("duplicate" in p for p in problems):
+            advice = (
+                f"Repair it with `adray runs repair --output {storage.redact_url(output)} {run_id}` (keeps "
+                "one row per item and detector version), then re-run with the same --run-id to commit."
+            )
+        else:
+            advice = "Re-run with the same --run-id to resume; only the missing items are scored."
         raise RunCheckError(
             f"run {run_id} is not committed because its rows do not check out: {'; '.join(problems)}. "
-            "Re-run with the same --run-id to resume; only the missing items are scored."
+            + advice
         )
+
+
+def repair_run(output: str, run_id: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Make run ``run_id``'s result files hold one row per (detector, item_id, detector_version).
+
+    For a run whose files conflict (two writers of one run id before leases existed, or a lease lost by a
+    stalled writer): rows are read file by file (sorted by name); of rows with the same key the first with
+    status ``ok`` is kept, else the first; a file that loses rows is rewritten atomically with the rest,
+    one that loses all is removed; an unreadable (cut-off) file is removed as a resume would. Holds the run
+    id's lease meanwhile (raises :class:`~adray.pipeline.lease.LeaseHeldError` while a writer is active).
+    The run is not committed here: re-running it with the same run id scores what is missing and commits.
+
+    Returns ``{"files", "rows", "duplicates_dropped", "rewritten", "removed"}`` (URLs); with
+    ``dry_run`` nothing is changed and the counts say what would be.
+    """
+    import pyarrow.parquet as pq
+
+    with hold_run_lease(output, run_id):
+        files = sorted(url for url, file_run in list_result_files(output) if file_run == run_id)
+        tables: dict[str, pa.Table] = {}
+        removed: list[str] = []
+        for url in files:
+            loc = storage.resolve(url)
+            try:
+                with loc.fs.open(loc.path, "rb") as f:
+                    tables[url] = pq.read_table(f)
+            except Exception as e:  # cut off mid-write: never part of a committed run
+                log.warning("run %s: removing unreadable result file %s: %s", run_id, url, e)
+                removed.append(url)
+        kept: dict[tuple[str, str, str], tuple[str, int, bool]] = {}
+        for url, t in tables.items():
+            detector = next((p.split("=", 1)[1] for p in url.split("/") if p.startswith("detector=")), "")
+            statuses = t["status"].to_pylist()
+            for i, key in enumerate(zip(t["item_id"].to_pylist(), t["detector_version"].to_pylist())):
+                ok = statuses[i] == "ok"
+                prev = kept.get((detector, *key))
+                if prev is None or (ok and not prev[2]):
+                    kept[(detector, *key)] = (url, i, ok)
+        keep_rows: dict[str, list[int]] = {url: [] for url in tables}
+        for url, i, _ in kept.values():
+            keep_rows[url].append(i)
+        rewritten = []
+        rows = sum(t.num_rows for t in tables.values())
+        for url, t in tables.items():
+            mine = sorted(keep_rows[url])
+            if len(mine) == t.num_rows:
+                continue
+            if not mine:
+                removed.append(url)
+                continue
+            rewritten.append(url)
+            if not dry_run:
+                with storage.open_atomic(url) as f:
+                    pq.write_table(t.take(pa.array(mine, pa.int64())), f)
+        if not dry_run:
+            for url in removed:
+                storage.remove(url)
+    report = {
+        "files": len(files),
+        "rows": rows,
+        "duplicates_dropped": rows - len(kept),
+        "rewritten": rewritten,
+        "removed": removed,
+    }
+    log.info("run %s repair%s: %s", run_id, " (dry run)" if dry_run else "", report)
+    return report
