@@ -14,7 +14,8 @@ Every input becomes ``uint8 [H, W, 3]`` RGB:
 - Alpha (``RGBA``, ``LA``, ``PA``, palette transparency) is composited on black: fully transparent pixels
   become black, opaque ones keep their colour. Industrial captures rarely carry alpha; when they do, the
   transparent area is "no data", and black is what missing data looks like elsewhere in adray.
-- Multi-frame files (GIF, multi-page TIFF) give their first frame. EXIF orientation is NOT applied: pixels
+- Multi-frame files (animated GIF / WebP / PNG, multi-page TIFF) give their first frame, and the note says
+  so (``first of N frames``). EXIF orientation is NOT applied: pixels
   stay as stored so that ground-truth masks (stored the same way) line up.
 
 Failures raise :class:`ImageDecodeError` with ``kind`` in ``empty`` (zero bytes), ``corrupt`` (a known
@@ -84,19 +85,29 @@ def decode_image(
 def decode_image_noted(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, bit_depth: int | None = None
 ) -> DecodedImage:
-    """:func:`decode_image` plus a ``note`` when the pixels were scaled from fewer bits than stored."""
+    """:func:`decode_image` plus a ``note`` when the pixels were scaled from fewer bits than stored, or
+    when only the first frame of a multi-frame file was decoded."""
     if bit_depth is not None and not 1 <= bit_depth <= 16:
         raise ValueError(f"bit_depth must be in 1..16, got {bit_depth}")
     img = _open_fully(data, max_pixels)
     try:
+        frames = int(getattr(img, "n_frames", 1) or 1)
         wide = _wide_samples(img, data)
         if wide is None:
             note = _colour_png16_note(data) if img.format == "PNG" else None
-            return DecodedImage(_to_rgb(img), note)
+            return DecodedImage(_to_rgb(img), _with_frames(note, frames, img.format))
         scaled, note = scale_wide(wide, bit_depth)
-        return DecodedImage(_gray_to_rgb(scaled) if scaled.ndim == 2 else scaled, note)
+        rgb = _gray_to_rgb(scaled) if scaled.ndim == 2 else scaled
+        return DecodedImage(rgb, _with_frames(note, frames, img.format))
     finally:
         img.close()
+
+
+def _with_frames(note: str | None, frames: int, fmt: str | None) -> str | None:
+    if frames <= 1:
+        return note
+    said = f"{fmt or 'image'} with {frames} frames: the first was scored"
+    return f"{note}; {said}" if note else said
 
 
 def significant_bits(max_value: int, stored_bits: int = 16) -> int:

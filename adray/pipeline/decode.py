@@ -103,6 +103,7 @@ def decode_batch(
     pc_uris = [storage.redact_url(u) for u in raw_pc_uris]
     categories = batch.column("category").to_pylist()
     item_ids = batch.column("item_id").to_pylist()
+    skips = _catalog_skips(batch, uris)
     if IMAGE_BYTES in batch.column_names:
         images = batch.column(IMAGE_BYTES).to_pylist()
         clouds = batch.column(PC_BYTES).to_pylist() if PC_BYTES in batch.column_names else [None] * n
@@ -110,12 +111,23 @@ def decode_batch(
         pool = None
     else:
         pool = ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, n)))
-        fetched = fetch_batch(
-            pool, raw_uris, raw_pc_uris if needs_xyz else [None] * n, allow_prefixes, read_attempts
+        wanted = [i for i in range(n) if skips[i] is None]  # the catalog's skipped files are never read
+        reads = iter(
+            fetch_batch(
+                pool,
+                [raw_uris[i] for i in wanted],
+                [raw_pc_uris[i] if needs_xyz else None for i in wanted],
+                allow_prefixes,
+                read_attempts,
+            )
         )
+        fetched = [_Given(None, None) if skips[i] else next(reads) for i in range(n)]
     try:
         for i in range(n):
             sample, problem = None, None
+            if skips[i]:
+                status[i], error[i] = skips[i]
+                continue
             image_bytes, pc_bytes, read_problem = fetched[i].result()
             if read_problem:
                 status[i], error[i] = read_problem
@@ -162,6 +174,16 @@ def decode_batch(
     ):
         out = out.append_column(name, pa.array(values, typ))
     return out
+
+
+def _catalog_skips(batch: pa.Table, uris: list[str]) -> list[tuple[str, str] | None]:
+    """Per row, ``(status, error)`` from the manifest's ``skip_status`` / ``skip_reason`` (a file the catalog
+    keeps so that it gets its row, but that is not to be read: refused name, not an image, zero bytes)."""
+    if "skip_status" not in batch.column_names:
+        return [None] * batch.num_rows
+    statuses = batch.column("skip_status").to_pylist()
+    reasons = batch.column("skip_reason").to_pylist() if "skip_reason" in batch.column_names else statuses
+    return [(s, f"{u}: {r or s}") if s else None for s, r, u in zip(statuses, reasons, uris)]
 
 
 ReadOutcome = tuple[Any, Any, "tuple[str, str] | None"]  # image bytes, point-cloud bytes, (status, error)
