@@ -73,6 +73,7 @@ def load_rows(train_uri: str, category: str) -> list[dict[str, Any]]:
         table = catalog.read_manifest(train_uri)
     else:
         table, _ = catalog.build_manifest(train_uri, "auto", categories=[category])
+    table = catalog.readable_items(table)  # not the files the catalog keeps only for their row
     return [r for r in table.to_pylist() if r.get("category") == category]
 
 

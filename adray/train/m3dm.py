@@ -46,13 +46,14 @@ class BuildSummary:
 
 def select_items(train_uri: str, category: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(bank items, held-out items): normal items of ``category`` with both an image and a point cloud."""
-    from adray.catalog import build_manifest, is_manifest_uri, read_manifest
+    from adray.catalog import build_manifest, is_manifest_uri, read_manifest, readable_items
     from adray.train.common import shard_of
 
     if is_manifest_uri(train_uri):
         table = read_manifest(train_uri)
     else:
         table, _ = build_manifest(train_uri, layout="auto", categories=[category])
+    table = readable_items(table)  # not the files the catalog keeps only for their row
     rows = [r for r in table.to_pylist() if r.get("category") == category and r.get("label") in (0, None)]
     rows = [r for r in rows if r.get("pc_uri")]
     train = [r for r in rows if r.get("split") == "train"]

@@ -39,9 +39,9 @@ def compare_supervised(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Fit both variants on ``category`` of the MVTec-layout ``data`` and evaluate; returns a result dict."""
-    from adray.catalog import build_manifest
+    from adray.catalog import build_manifest, readable_items
 
-    table, _ = build_manifest(data, "auto", categories=[category])
+    table = readable_items(build_manifest(data, "auto", categories=[category])[0])
     rows = [r for r in table.to_pylist() if r["category"] == category]
     defects = sorted({r["defect_type"] for r in rows if r["split"] == "test" and int(r["label"] or 0) == 1})
     seen = list(seen_defects) if seen_defects else defects[: max(1, len(defects) // 2)]
