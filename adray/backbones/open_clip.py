@@ -101,20 +101,25 @@ class ClipBackbone:
 def register_tiny_clip() -> str:
     """Register the ``adray-tiny-clip`` open_clip config (idempotent) and return its name.
 
-    open_clip re-reads every registered config path whenever one is added, so the JSON is written to a
-    persistent per-user folder rather than a temporary file that could vanish.
+    The config goes into open_clip's in-memory registry (``open_clip.factory._MODEL_CONFIGS``, which
+    ``add_model_config`` fills from files and keeps across its rescans); no file is written, so nothing in
+    a shared temp folder can be redirected or swapped. Should a future open_clip lack that registry, the
+    JSON is written to a private folder from ``tempfile.mkdtemp`` (mode 0700, a fresh name per process).
     """
     import open_clip
+    from open_clip import factory
 
     if TINY_CLIP in open_clip.list_models():
         return TINY_CLIP
-    folder = os.path.join(tempfile.gettempdir(), f"adray-open-clip-configs-{os.getuid()}")
-    os.makedirs(folder, exist_ok=True)
+    registry = getattr(factory, "_MODEL_CONFIGS", None)
+    if isinstance(registry, dict):
+        registry[TINY_CLIP] = json.loads(json.dumps(TINY_CLIP_CONFIG))  # a copy open_clip may not mutate ours
+        if TINY_CLIP in open_clip.list_models():
+            return TINY_CLIP
+    folder = tempfile.mkdtemp(prefix="adray-open-clip-")
     path = os.path.join(folder, f"{TINY_CLIP}.json")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    with open(path, "x") as f:
         json.dump(TINY_CLIP_CONFIG, f)
-    os.replace(tmp, path)
     open_clip.add_model_config(path)
     return TINY_CLIP
 

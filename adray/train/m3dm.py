@@ -16,7 +16,7 @@ coreset banks and decision-layer fusion on the driver, artifact to storage.
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -196,7 +196,10 @@ def train_fusion(
     ]
     ds = ray.data.from_items(rows)
     run_name = f"uff-{config.category}-{int(time.time() * 1000)}"
-    root = storage_root or os.path.join(tempfile.gettempdir(), "adray-m3dm-uff")
+    # private folders (mkdtemp: fresh name, mode 0700), never a fixed path in the shared temp directory
+    scratch = [] if storage_root else [tempfile.mkdtemp(prefix="adray-m3dm-uff-")]
+    root = storage_root or scratch[0]
+    scratch.append(tempfile.mkdtemp(prefix="adray-ray-train-"))
     weights_uri = storage.join_url(root, run_name, "uff.safetensors")
     trainer = TorchTrainer(
         _uff_loop,
@@ -205,13 +208,15 @@ def train_fusion(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 0.5}),
         datasets={"features": ds},
         dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(
-            name=run_name, storage_path=os.path.join(tempfile.gettempdir(), "adray-ray-train")
-        ),
+        run_config=RunConfig(name=run_name, storage_path=scratch[-1]),
     )
-    trainer.fit()
-    fusion = FeatureFusion(config.uff)
-    state = tensors_from_bytes(storage.read_bytes(weights_uri))
+    try:
+        trainer.fit()
+        fusion = FeatureFusion(config.uff)
+        state = tensors_from_bytes(storage.read_bytes(weights_uri))
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
     losses = [float(v) for v in state.pop(LOSSES_KEY)]  # Train V2 keeps no metrics without a checkpoint
     fusion.load_state_dict(state)
     return fusion.eval(), losses
