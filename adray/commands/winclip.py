@@ -1,8 +1,10 @@
 """`adray winclip`: score local images with WinCLIP zero-shot (or WinCLIP+ with ``--reference``).
 
 Prints one line per image: ``path<TAB>score``. With ``--masks DIR`` each anomaly map is written at the
-image's resolution as a 16-bit PNG (``DIR/<image stem>.png``) and ``DIR/maps.jsonl`` records each map's
-``map_min``/``map_max`` so the PNGs decode back to scores (see :mod:`adray.io.masks`).
+image's resolution as a 16-bit PNG that mirrors the image's path relative to the inputs' common
+folder (``DIR/good/000.png``, ``DIR/crack/000.png``), and ``DIR/maps.jsonl`` records each map's
+``map_min``/``map_max`` so the PNGs decode back to scores (see :mod:`adray.io.masks`). An unreadable
+image is named on stderr and skipped; the others are scored, and the command then exits 2.
 """
 
 from __future__ import annotations
@@ -53,12 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from adray.backbones.weights import WeightsUnavailableError
     from adray.detectors.winclip import create_winclip
+    from adray.errors import UserError
 
     images = list(_image_files(args.paths))
     references = list(_image_files(args.reference))
     if not images:
-        print(f"adray winclip: error: no images found under {args.paths}", file=sys.stderr)
-        return 2
+        raise UserError(f"no images found under {args.paths}")
+    reference_arrays = []
+    for path in references:
+        try:
+            reference_arrays.append(_read(path))
+        except Exception as e:  # any decode failure of a file the user named is theirs to fix
+            raise UserError(f"cannot read reference image {path}: {_why(e)}") from None
     try:
         detector = create_winclip(
             class_name=args.class_name,
@@ -68,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             defect_types=args.defect_type,
-            reference_images=[_read(p) for p in references] or None,
+            reference_images=reference_arrays or None,
         )
     except (WeightsUnavailableError, ValueError) as e:
-        print(f"adray winclip: error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None
+    names = map_names(images, args.paths) if args.masks else {}
+    index = None
     if args.masks:
         os.makedirs(args.masks, exist_ok=True)
+        index = open(os.path.join(args.masks, "maps.jsonl"), "w")  # this run's maps only
     mode = f"{detector.k_shot}-shot" if detector.k_shot else "zero-shot"
     precision = detector.effective_precision
     if precision != args.precision:  # auto's choice, or a fallback (logged once with the reason)
@@ -84,30 +94,77 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     t0 = time.perf_counter()
-    for start in range(0, len(images), args.batch_size):
-        chunk = images[start : start + args.batch_size]
-        arrays = [_read(p) for p in chunk]
-        batch = np.stack([detector.preprocess({"image": a})["image"] for a in arrays])
-        scores, maps = detector.score({"image": batch}).numpy()
-        for path, array, score, amap in zip(chunk, arrays, scores, maps):
-            print(f"{path}\t{score:.6f}", flush=True)
-            if args.masks:
-                _write_map(args.masks, path, amap, array.shape[:2])
-    print(f"# {len(images)} images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    unreadable: list[str] = []
+    try:
+        for start in range(0, len(images), args.batch_size):
+            chunk, arrays, inputs = [], [], []
+            for path in images[start : start + args.batch_size]:
+                try:
+                    array = _read(path)
+                    inputs.append(detector.preprocess({"image": array})["image"])
+                except Exception as e:  # one unreadable image must not stop the others
+                    print(f"adray winclip: error: cannot read {path}: {_why(e)}", file=sys.stderr)
+                    unreadable.append(path)
+                    continue
+                chunk.append(path)
+                arrays.append(array)
+            if not chunk:
+                continue
+            scores, maps = detector.score({"image": np.stack(inputs)}).numpy()
+            for path, array, score, amap in zip(chunk, arrays, scores, maps):
+                print(f"{path}\t{score:.6f}", flush=True)
+                if args.masks:
+                    _write_map(args.masks, names[path], path, amap, array.shape[:2], index)
+    finally:
+        if index is not None:
+            index.close()
+    scored = len(images) - len(unreadable)
+    print(f"# {scored} images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if unreadable:
+        print(
+            f"adray winclip: error: {len(unreadable)} of {len(images)} images could not be read "
+            f"(named above); the other {scored} were scored",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
+def map_names(images: list[str], roots: list[str]) -> dict[str, str]:
+    """The map PNG of each image, relative to the ``--masks`` folder: the image's path relative to the
+    common folder of the inputs, with ``.png`` for its suffix (``good/000.png``, ``crack/000.png``), or with
+    ``.png`` appended to the full name where two images differ only in suffix (``a/0.jpg.png``)."""
+    folders = [os.path.abspath(r if os.path.isdir(r) else os.path.dirname(r) or ".") for r in roots]
+    base = os.path.commonpath(folders) if folders else os.getcwd()
+    rel = {p: os.path.relpath(os.path.abspath(p), base) for p in images}
+    stems = [os.path.splitext(r)[0] for r in rel.values()]
+    out = {}
+    for path, r in rel.items():
+        stem = os.path.splitext(r)[0]
+        out[path] = (stem if stems.count(stem) == 1 else r) + ".png"
+    return out
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong reading an image, on one line (type and message, never the file's bytes)."""
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _image_files(paths: list[str]) -> Iterator[str]:
+    from adray.errors import UserError
+
     for path in paths:
         if os.path.isdir(path):
-            for root, _, files in sorted(os.walk(path)):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
                 for name in sorted(files):
                     if name.lower().endswith(IMAGE_SUFFIXES):
                         yield os.path.join(root, name)
         elif os.path.isfile(path):
             yield path
         else:
-            raise SystemExit(f"adray winclip: error: {path} is neither a file nor a folder")
+            raise UserError(f"{path} is neither a file nor a folder")
 
 
 def _read(path: str) -> np.ndarray:
@@ -117,12 +174,12 @@ def _read(path: str) -> np.ndarray:
         return decode_image(f.read())
 
 
-def _write_map(folder: str, path: str, amap: np.ndarray, size: tuple[int, int]) -> None:
+def _write_map(folder: str, name: str, path: str, amap: np.ndarray, size: tuple[int, int], index) -> None:
     from adray.io.masks import encode_map_png16, resize_map
 
     png, map_min, map_max = encode_map_png16(resize_map(amap, size))
-    name = os.path.splitext(os.path.basename(path))[0] + ".png"
-    with open(os.path.join(folder, name), "wb") as f:
+    target = os.path.join(folder, name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "wb") as f:
         f.write(png)
-    with open(os.path.join(folder, "maps.jsonl"), "a") as f:
-        f.write(json.dumps({"image": path, "map": name, "map_min": map_min, "map_max": map_max}) + "\n")
+    index.write(json.dumps({"image": path, "map": name, "map_min": map_min, "map_max": map_max}) + "\n")
