@@ -17,6 +17,10 @@ class UserError(Exception):
     run id held by another writer, ...). Its message says what is wrong and what to do, in one line."""
 
 
+class ConfigError(UserError, ValueError):
+    """Flags or configuration values that cannot work together (a ``ValueError`` as before)."""
+
+
 #: Exception classes from modules that predate :class:`UserError`: ``(module, class name)``. A class
 #: counts only once its module has been imported (an error of a module never imported cannot be raised).
 _KNOWN: tuple[tuple[str, str], ...] = (

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from adray import storage
+from adray.errors import ConfigError
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 #: Ray's job supervisor passes the submission id to the entrypoint in this variable's JSON.
@@ -124,7 +125,7 @@ class ScoreConfig:
         if self.limit is not None and self.limit < 0:
             problems.append(f"--limit must be >= 0, got {self.limit}")
         if problems:
-            raise ValueError("invalid scoring configuration:\n  - " + "\n  - ".join(problems))
+            raise ConfigError("invalid scoring configuration:\n  - " + "\n  - ".join(problems))
         storage.resolve(self.input)
         storage.resolve(self.output)
         self.input = storage.absolute_url(self.input)

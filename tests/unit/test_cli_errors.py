@@ -145,3 +145,11 @@ def test_user_errors_and_os_errors_read_as_one_line():
         "not found: /data/x: No such file or directory"
     )
     assert one_line(PermissionError(13, "Forbidden")) == "access refused: Forbidden"
+
+
+def test_score_with_impossible_flags_is_one_line_with_status_2(tmp_path, capsys):
+    argv = ["score", "--input", str(tmp_path / "m.parquet"), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--batch-size", "0", "--run-id", "bad/id"]) == 2
+    line = _one_error_line(capsys, "adray score")
+    assert "invalid scoring configuration" in line and "--batch-size must be >= 1, got 0" in line
+    assert "--run-id 'bad/id'" in line
