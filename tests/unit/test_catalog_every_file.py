@@ -227,3 +227,22 @@ def test_s3_keys_that_a_delimited_listing_loses_become_refused_rows(s3_bucket):
     assert refused == sorted(k for k in keys if "/./" in k or "/../" in k or "//" in k)
     assert report.skipped["refused"] == 3
     assert rows["data/widget/test/scratch/000.png"]["content_token"].startswith("e:")
+
+
+def test_two_masks_for_one_image_the_clash_is_reported_with_both_names(tmp_path):
+    root = tmp_path / "data"
+    for rel in ("bottle/train/good/000.png", "bottle/test/crack/000.png", "bottle/test/crack/001.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(_png())
+    gt = root / "bottle" / "ground_truth" / "crack"
+    gt.mkdir(parents=True)
+    for name in ("000.png", "000_mask.png", "001_mask.png", "001_mask.jpg"):
+        (gt / name).write_bytes(_png(255))
+    table, report = build_manifest(str(root), "mvtec")
+    masks = {r["uri"].rsplit("/", 1)[-1]: r["gt_mask_uri"] for r in table.to_pylist() if r["split"] == "test"}
+    assert masks == {"000.png": str(gt / "000_mask.png"), "001.png": str(gt / "001_mask.jpg")}
+    assert report.clashes == 2 and report.stray == 0
+    text = "\n".join(report.examples)
+    assert f"clashes: {gt / '000.png'} (another mask fits the same image; used {gt / '000_mask.png'})" in text
+    assert f"clashes: {gt / '001_mask.png'} (another mask fits the same image; used {gt / '001_mask.jpg'})" in text
+    assert "mask clashes: 2" in report.summary()
