@@ -180,15 +180,16 @@ def select_items(manifest: pa.Table, config: ScoreConfig) -> pa.Table:
 
 def pick_references(config: ScoreConfig, manifest: pa.Table) -> dict[str, list[tuple[str, str]]]:
     """K normal training items per category (seeded): ``{category: [(uri, item_id), ...]}``."""
+    from adray import catalog
+
     source = manifest
     if config.reference:
-        from adray import catalog
-
         source = (
             catalog.read_manifest(config.reference)
             if catalog.is_manifest_uri(config.reference)
             else catalog.build_manifest(config.reference, config.layout)[0]
         )
+    source = catalog.readable_items(source)  # never a zero-byte, non-image or refused file as a reference
     train = source.filter(pc.equal(source["split"], "train")).sort_by("item_id")
     normal = pc.or_kleene(pc.equal(train["label"], 0), pc.equal(train["defect_type"], "good"))
     train = train.filter(pc.fill_null(normal, False))

@@ -153,3 +153,35 @@ def test_resume_finds_the_runs_rows_and_drops_partial_files(tmp_path):
     assert sorted(done["item_id"].to_pylist()) == ["a", "b"]
     assert removed == [cut] and not storage.exists(cut) and storage.exists(other)
     assert json.loads(json.dumps(done.schema.names)) == ["item_id", "detector_version"]
+
+
+def test_reference_picking_never_takes_a_skipped_file():
+    """k-shot references come from readable train/good items only: a zero-byte or non-image file the catalog
+    kept as a row (skip_status set) is never a WinCLIP+ reference."""
+    import pyarrow as pa
+
+    from adray.pipeline.runner import pick_references
+    from adray.pipeline.spec import ScoreConfig
+    from adray.schemas import load_schema
+
+    names = [f"/data/bottle/train/good/{i:03d}.png" for i in range(6)]
+    skip = ["empty", "unsupported", "refused", None, None, None]
+    table = pa.Table.from_pylist(
+        [
+            {
+                "item_id": f"{i:016x}",
+                "uri": u,
+                "category": "bottle",
+                "split": "train",
+                "label": 0,
+                "defect_type": "good",
+                "skip_status": s,
+                "skip_reason": None if s is None else "test",
+            }
+            for i, (u, s) in enumerate(zip(names, skip))
+        ],
+        schema=load_schema("manifest"),
+    )
+    config = ScoreConfig(input="/data/m.parquet", output="/tmp/out", shots=6, seed=0)
+    picked = pick_references(config, table)["bottle"]
+    assert sorted(u for u, _ in picked) == names[3:]
