@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PREFIX",
         help="read only item URIs under PREFIX (repeatable; e.g. s3://bucket/images); any other URI gets a "
-        "row with status refused. By default a manifest's URIs are read with the job's rights, whatever "
+        "row with status not_allowed. By default a manifest's URIs are read with the job's rights, whatever "
         "they name",
     )
     io.add_argument(

@@ -4,7 +4,7 @@
   yet scored with the same content token: a DuckDB anti-join on ``(item_id, detector_version,
   content_token)``. New items, changed items (new content token) and new detector versions stay; rows
   whose status says nothing about the item are retried (:data:`RETRY_STATUSES`: ``error``, a detector or
-  memory failure; ``read_error``, the object could not be read at the time; ``refused``, outside the
+  memory failure; ``read_error``, the object could not be read at the time; ``not_allowed``, outside the
   run's ``--allow-prefix``).
 - :func:`rows_already_written` reads the rows a run with the same run id already wrote (a re-run or an
   interrupted run), so that only the rest is scored: this is what makes ``--run-id`` idempotent.
@@ -24,7 +24,7 @@ from adray.pipeline.query import RUN_FILE_SEPARATOR, connect, list_result_files
 log = logging.getLogger(__name__)
 
 #: Statuses that do not count as "scored" for re-inspection: the next run tries again.
-RETRY_STATUSES = ("error", "read_error", "refused")
+RETRY_STATUSES = ("error", "read_error", "not_allowed")
 
 
 def delta(candidates: pa.Table, output: str, *, exclude_run: str | None = None) -> pa.Table:

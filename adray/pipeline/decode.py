@@ -6,7 +6,7 @@ reads overlap and decoding starts with the first object that arrives), which tel
 (``not_found``) from one that could not be read now (403, throttling, 5xx, timeouts, resets: retried with
 backoff, then ``read_error``, which re-inspection retries). Ray Data's ``download()`` expression could not:
 it turns every read error into null bytes. An optional allow-list of prefixes refuses other URIs
-(``refused``) before anything is read. Every input row leaves as one
+(``not_allowed``) before anything is read. Every input row leaves as one
 output row: a bad item (missing object, zero bytes, truncated or corrupt image, decompression bomb, a
 point cloud that is too large, truncated, pickled, has no valid points or the wrong shape, a preprocess
 failure, any exception at all while handling the item) gets ``status`` = its error kind and a readable
@@ -208,7 +208,7 @@ def fetch_batch(
 ) -> list[Future[ReadOutcome]]:
     """Start reading each item's image (and point cloud where ``pc_uris[i]`` is set) on ``pool``; one
     future per item, in order, each giving ``(image_bytes, pc_bytes, None)`` or
-    ``(None, None, (status, error))``: ``refused`` (not under ``allow_prefixes``), ``not_found`` (the
+    ``(None, None, (status, error))``: ``not_allowed`` (not under ``allow_prefixes``), ``not_found`` (the
     object does not exist), ``read_error`` (could not be read now, after the retries of
     :func:`adray.storage.read_object`), ``unsupported`` (a URL no filesystem here can read)."""
     return [pool.submit(read_item, u, p, allow_prefixes, attempts) for u, p in zip(uris, pc_uris)]
@@ -223,7 +223,8 @@ def read_item(
         for what, url in targets:
             if not any(storage.is_under_prefix(url, p) for p in allow_prefixes):
                 rule = ", ".join(storage.redact_url(p) for p in allow_prefixes)
-                return None, None, ("refused", f"{what}{storage.redact_url(url)} is not under any --allow-prefix ({rule})")
+                text = f"{what}{storage.redact_url(url)} is not under any --allow-prefix ({rule})"
+                return None, None, ("not_allowed", text)
     out: list[Any] = []
     for what, url in targets:
         try:

@@ -89,7 +89,7 @@ class ScoreConfig:
     retain_memory: bool = True  # actors keep freed blocks for reuse (adray.runtime.retain_freed_memory)
     actor_env: dict[str, str] = field(default_factory=dict)  # extra env vars for scoring actors (see actor_env_vars)
     address: str | None = None  # Ray cluster to attach to (auto, host:port, ray://...); default RAY_ADDRESS or embedded
-    allow_prefixes: list[str] = field(default_factory=list)  # read only URIs under these (else status refused)
+    allow_prefixes: list[str] = field(default_factory=list)  # read only URIs under these (else status not_allowed)
     read_attempts: int = 5  # reads of one object before its row is read_error (adray.storage.read_object)
 
     def validated(self) -> ScoreConfig:

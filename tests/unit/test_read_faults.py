@@ -242,12 +242,12 @@ def test_refused_uri_is_a_row_that_names_the_rule_and_reads_nothing(tmp_path):
     secret.write_text("TOPSECRET-CONTENT")
     allowed = (str(tmp_path / "images"),)
     image, cloud, problem = decode.read_item(str(secret), None, allowed)
-    assert image is None and problem[0] == "refused" and problem[0] in RETRY_STATUSES
+    assert image is None and problem[0] == "not_allowed" and problem[0] in RETRY_STATUSES
     assert "--allow-prefix" in problem[1] and str(tmp_path / "images") in problem[1]
     assert "TOPSECRET" not in problem[1]
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.png").write_bytes(b"ok")
     _, _, problem = decode.read_item(str(tmp_path / "images" / "a.png"), str(secret), allowed)
-    assert problem[0] == "refused" and "point cloud" in problem[1]
+    assert problem[0] == "not_allowed" and "point cloud" in problem[1]
     image, _, problem = decode.read_item(str(tmp_path / "images" / "a.png"), None, allowed)
     assert image == b"ok" and problem is None

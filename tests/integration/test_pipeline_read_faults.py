@@ -1,0 +1,135 @@
+"""Issue 13, done when: under a loopback S3 that answers 403 to every GET of the images for a window and
+503/500 to ~10 % of all requests, a run plus one ``reinspect`` ends with every item ``ok`` and no duplicates.
+
+Before: Ray Data's ``download()`` turned the 403s into empty bytes, every item became a committed
+``not_found`` row, and re-inspection never scored them. The jobs run as real driver processes (their own
+embedded Ray cluster) whose ``ADRAY_S3_ENDPOINT`` is the faulty server, so the decode workers read through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from adray import catalog, storage
+from adray.pipeline.query import list_result_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.integration import test_pipeline_support as sup  # noqa: E402
+from tests.integration.s3_faults import FaultyS3  # noqa: E402
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+N_ITEMS = 8
+PASS_BEFORE_WINDOW = 3  # image GETs served before the 403 window opens
+
+
+class Faults:
+    """403 on image GETs while the window is open (it opens after PASS_BEFORE_WINDOW image GETs);
+    500 or 503 on ~10 % of every request, seeded."""
+
+    def __init__(self, data_bucket: str) -> None:
+        self.data_bucket, self.window, self.flaky = data_bucket, False, False
+        self.image_gets, self.rng, self.lock = 0, random.Random(13), threading.Lock()
+
+    def __call__(self, method: str, bucket: str, key: str):
+        with self.lock:
+            if method == "GET" and bucket == self.data_bucket and key.endswith(".png"):
+                self.image_gets += 1
+                if self.window and self.image_gets > PASS_BEFORE_WINDOW:
+                    return 403
+            if self.flaky and self.rng.random() < 0.10:
+                return self.rng.choice((500, 503))
+        return None
+
+
+def _job(script: str, env: dict[str, str], *args: str) -> str:
+    cmd = [sys.executable, str(REPO / "jobs" / script), "--detector", "winclip", "--weights", "random"]
+    cmd += ["--detector-option", "model_name=adray-tiny-clip", "--batch-size", "4", "--rows-per-block", "4"]
+    cmd += ["--max-pixels", str(100 * 100), *args]
+    import time
+
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    print(script, "took", round(time.time() - t0, 1), "s")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout
+
+
+def _rows(out: str, run_id: str) -> pa.Table:
+    tables = []
+    for url, file_run in list_result_files(out):
+        if file_run == run_id:
+            loc = storage.resolve(url)
+            with loc.fs.open(loc.path, "rb") as f:
+                tables.append(pq.read_table(f, columns=["item_id", "detector_version", "status", "error"]))
+    return pa.concat_tables(tables)
+
+
+def test_403_window_and_5xx_end_with_every_item_ok_after_one_reinspect(monkeypatch, tmp_path):
+    server = FaultyS3().start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+        creds = {
+            "ADRAY_S3_ENDPOINT": server.endpoint,
+            "AWS_ACCESS_KEY_ID": "fault-key",
+            "AWS_SECRET_ACCESS_KEY": "fault-secret",
+            "AWS_REGION": "us-east-1",
+        }
+        for k, v in creds.items():
+            monkeypatch.setenv(k, v)
+        env.update(creds, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+        import boto3
+
+        data, results = (f"faults-{name}-{uuid.uuid4().hex[:6]}" for name in ("data", "out"))
+        client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
+        for bucket in (data, results):
+            client.create_bucket(Bucket=bucket)
+        rows = sup.write_good_items(f"s3://{data}", N_ITEMS)
+        manifest = f"s3://{data}/manifest.parquet"
+        catalog.write_manifest(sup.manifest_from_rows(rows), manifest)
+        out = f"s3://{results}/out"
+
+        faults = Faults(data)
+        server.rule = faults
+        faults.window = faults.flaky = True
+        _job("score.py", env, "--input", manifest, "--output", out, "--run-id", "during-403", "--split", "all")
+        faults.window = False
+        first = _rows(out, "during-403")
+        statuses = first["status"].to_pylist()
+        print(json.dumps({s: statuses.count(s) for s in set(statuses)}))
+        assert first.num_rows == N_ITEMS
+        assert "not_found" not in statuses  # the bug: a refused read is not a missing object
+        assert set(statuses) == {"ok", "read_error"} and statuses.count("read_error") >= N_ITEMS - PASS_BEFORE_WINDOW
+        for err in first.filter(pc.equal(first["status"], "read_error"))["error"].to_pylist():
+            assert "access refused" in err and f"s3://{data}/" in err
+        assert len([r for r in server.requests("GET") if r[3] == "403"]) >= 5 * statuses.count("read_error")
+
+        _job("reinspect.py", env, "--input", manifest, "--output", out, "--run-id", "after-403", "--split", "all")
+        second = _rows(out, "after-403")
+        assert second.num_rows == statuses.count("read_error")  # only what could not be read is retried
+        assert set(second["status"].to_pylist()) == {"ok"}
+        both = pa.concat_tables([first, second])
+        ok = both.filter(pc.equal(both["status"], "ok"))
+        keys = list(zip(ok["item_id"].to_pylist(), ok["detector_version"].to_pylist()))
+        assert len(keys) == len(set(keys)) == N_ITEMS  # every item ok exactly once
+        for run in (first, second):
+            keys = list(zip(run["item_id"].to_pylist(), run["detector_version"].to_pylist()))
+            assert len(keys) == len(set(keys))
+        assert sum(r[3] in ("500", "503") for r in server.requests()) > 0  # the 5xx faults did happen
+        for run_id in ("during-403", "after-403"):
+            record = json.loads(storage.read_text(f"{out}/runs/{run_id}.json"))
+            assert record["status"] == "committed"
+    finally:
+        server.stop()
