@@ -69,6 +69,11 @@ class StorageError(RuntimeError):
     """A storage operation failed in a way the user must fix (bad URL, missing credentials, ...)."""
 
 
+class AccessDeniedError(StorageError, PermissionError):
+    """Access to a URL was refused (403, bad or missing rights): a :class:`StorageError` whose message says
+    what to check, and still a ``PermissionError`` for callers that catch that."""
+
+
 class TransientStorageError(StorageError):
     """A storage operation failed in a way that may succeed when retried."""
 
@@ -378,7 +383,9 @@ def _friendly(exc: BaseException, url: str) -> BaseException:
         )
     denied = isinstance(exc, PermissionError)  # s3fs's 403 (AccessDenied, "Forbidden"), or local rights
     if denied or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text:
-        return StorageError(f"access to {url} was refused ({name}); check the credentials and bucket policy")
+        return AccessDeniedError(
+            f"access to {url} was refused ({name}); check the credentials and bucket policy"
+        )
     if _redact(exc) != text:
         return StorageError(f"{name} on {url}: {_redact(exc)}")
     return exc
