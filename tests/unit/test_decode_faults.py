@@ -26,6 +26,7 @@ from adray.pipeline.spec import DetectorSpec, ScoreConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
 from tests.integration import test_pipeline_support as sup  # noqa: E402
+from tests.unit.test_pointclouds import _npy, _npz  # noqa: E402
 
 GREY = DetectorSpec("greymad", weights="random", device="cpu", plugins=(sup.PLUGIN,))
 XYZ = DetectorSpec("greyxyz", weights="random", device="cpu", plugins=(sup.PLUGIN,))
@@ -34,18 +35,6 @@ HUGE_PLY = (
     b"ply\nformat binary_little_endian 1.0\nelement vertex 1000000000\n"
     b"property float x\nproperty float y\nproperty float z\nend_header\n"
 )
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=True)
-    return buf.getvalue()
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def bad_pointclouds() -> dict[str, tuple[str, bytes, str]]:
