@@ -46,8 +46,31 @@ PATH_ENV = frozenset(
 )
 #: credential values: never logged or recorded
 SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+#: parts of a variable name that mark its value as a secret (:func:`is_secret_name`)
+SECRET_NAME_PARTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 #: the comma-separated names a job's runtime environment carries
 MARKER = "ADRAY_JOB_ENV"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether ``name``'s value is treated as a secret: a name in :data:`SECRET_ENV`, or one holding any of
+    :data:`SECRET_NAME_PARTS` (case-insensitive: ``HF_TOKEN``, ``WANDB_API_KEY``, ``DB_PASSWORD``). Errs on
+    the side of secret: such values stay out of Ray's ``runtime_env`` (:func:`split_secret_env`)."""
+    upper = name.upper()
+    return name in SECRET_ENV or any(part in upper for part in SECRET_NAME_PARTS)
+
+
+def split_secret_env(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(plain, secret)``: ``env`` split by :func:`is_secret_name`.
+
+    Ray writes a task's or actor's ``runtime_env`` (its ``env_vars`` with their values) into its own logs
+    under the session directory (``runtime_env_agent.log``). Plain variables may travel there (they must:
+    some, like ``OMP_WAIT_POLICY``, are read when the worker process starts); secret ones are handed to the
+    actor's constructor instead, which sets them in ``os.environ`` first thing (see
+    :class:`adray.pipeline.scoring.ScoringActor`)."""
+    plain = {k: v for k, v in env.items() if not is_secret_name(k)}
+    secret = {k: v for k, v in env.items() if is_secret_name(k)}
+    return plain, secret
 
 
 def job_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:

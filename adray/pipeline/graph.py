@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from adray import storage
+from adray import job_env, storage
 from adray.pipeline.decode import decode_batch
 from adray.pipeline.query import RUN_FILE_SEPARATOR
 from adray.pipeline.rows import PARTITION_COLS, finalize_batch
@@ -47,8 +47,9 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
     step = max(1, config.rows_per_block)
     blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)] or [work]
     ds = ray.data.from_arrow(blocks)
-    env = config.actor_env_vars()
-    # merged with the job's runtime_env (env_vars key by key; its other fields are inherited)
+    # Plain variables go in the actors' runtime_env (merged with the job's, env_vars key by key; its other
+    # fields are inherited). Secret-named ones go to the constructor: Ray logs runtime_env values.
+    env, secret_env = job_env.split_secret_env(config.actor_env_vars())
     actor_runtime = {"runtime_env": {"env_vars": env}} if env else {}
     cpu_spec = replace(job.spec, device="cpu")  # preprocessing never needs the accelerator
     ds = ds.map_batches(
@@ -77,6 +78,7 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
             "warm_category": _first(work, "category"),
             "torch_threads": 0 if config.num_gpus else max(1, int(config.num_cpus)),
             "retain_memory": config.retain_memory,
+            "secret_env": secret_env,
         },
         compute=ray.data.ActorPoolStrategy(size=config.actors),
         batch_size=config.batch_size,

@@ -12,12 +12,14 @@ on PNG encoding or object-storage latency, and variable shapes never meet Ray's 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from adray import storage
 from adray.pipeline.decode import unpack_arrays
 from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.spec import DetectorSpec
@@ -32,7 +34,14 @@ class ScoringActor:
         warm_category: str | None = None,
         torch_threads: int = 0,
         retain_memory: bool = True,
+        secret_env: dict[str, str] | None = None,
     ) -> None:
+        """``secret_env``: secret-named variables of ``--actor-env`` (:func:`adray.job_env.split_secret_env`),
+        set in ``os.environ`` before anything else, so before any storage client or detector is built; they
+        come here rather than in the actor's ``runtime_env``, whose values Ray writes into its logs."""
+        if secret_env:
+            os.environ.update(secret_env)
+            storage._s3fs.cache_clear()  # a reused worker process may hold a client with other credentials
         import torch
 
         if retain_memory:  # no page-fault storm per batch; see adray.runtime

@@ -81,3 +81,14 @@ def test_manifest_paths_are_absolute_from_the_reading_directory(tmp_path, monkey
     assert out["gt_mask_uri"] == [str(tmp_path / "gt/a.png"), None]
     assert out["item_id"][0] == item_id_for(str(tmp_path / "img/a.png"))
     assert storage.absolute_url("pretrained", keep=("pretrained",)) == "pretrained"
+
+
+def test_secret_named_actor_env_is_split_from_the_runtime_env_part(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "k", "HF_TOKEN": "t", "db_password": "p",
+               "WANDB_API_KEY": "w", "AWS_SESSION_TOKEN": "st"}
+    plain_given = {"AWS_REGION": "eu-west-1", "MALLOC_ARENA_MAX": "2"}
+    config = ScoreConfig(input="m.parquet", output="out", detectors=["winclip"], actor_env={**secrets, **plain_given})
+    plain, secret = job_env.split_secret_env(config.actor_env_vars())
+    assert secret == secrets
+    assert plain == {"OMP_WAIT_POLICY": "PASSIVE", **plain_given}
