@@ -7,3 +7,4 @@ __version__ = "0.1.0"
 from adray import job_env as _job_env  # noqa: E402
 
 _job_env.drop_unset_markers()
+_job_env.apply_job_secrets()

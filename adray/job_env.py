@@ -16,6 +16,13 @@ writes with another's store and credentials. :func:`job_env_vars` takes them fro
 
 ``ADRAY_JOB_ENV`` lists the names the job carries (never values), so the worker knows which empty values
 are markers rather than settings.
+
+Secret values (:func:`is_secret_name`) do not travel in the ``runtime_env``: Ray writes its ``env_vars``,
+values included, into ``runtime_env_agent.log`` on the cluster. :func:`split_job_secrets` takes them out;
+the driver puts them into Ray's GCS key-value store under a key of its own job
+(:func:`adray.pipeline.cluster.job_runtime_env`) and the ``runtime_env`` carries only that key
+(``ADRAY_JOB_SECRETS``). :func:`apply_job_secrets` sets them in a worker's ``os.environ`` before adray
+builds a storage client there (``adray`` import and :mod:`adray.storage`).
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSI
 SECRET_NAME_PARTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 #: the comma-separated names a job's runtime environment carries
 MARKER = "ADRAY_JOB_ENV"
+#: the GCS key-value key under which a job's secret values wait for its workers (never the values)
+SECRETS_MARKER = "ADRAY_JOB_SECRETS"
+#: key-value namespace and key prefix of :data:`SECRETS_MARKER`
+SECRETS_NAMESPACE = "adray"
+SECRETS_PREFIX = "adray/job-secrets/"
+#: the key whose secrets this process has set in its environment
+_applied_key: str | None = None
 
 
 def is_secret_name(name: str) -> bool:
@@ -87,9 +101,52 @@ def job_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+def split_job_secrets(env_vars: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(plain, secret)``: a job's ``env_vars`` (:func:`job_env_vars`) split for the ``runtime_env``.
+    ``secret`` holds the *set* variables whose names are secret (:func:`is_secret_name`); an unset one
+    (``""``) stays in ``plain``, where it marks the name unset as before (:func:`drop_unset_markers`)."""
+    secret = {k: v for k, v in env_vars.items() if v and k != MARKER and is_secret_name(k)}
+    plain = {k: v for k, v in env_vars.items() if k not in secret}
+    return plain, secret
+
+
+def apply_job_secrets(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """In a worker of an attached job (``ADRAY_JOB_SECRETS`` set): fetch the job's secret variables from
+    Ray's GCS key-value store and set them in ``environ`` (default ``os.environ``); returns their names,
+    never logs values. Once per process and key: ``[]`` when done already, outside such a job, or when Ray
+    is not connected here or the entry is not there (tried again on the next call). Clears
+    :mod:`adray.storage`'s cached filesystems when it sets anything."""
+    global _applied_key
+    environ = os.environ if environ is None else environ
+    key = environ.get(SECRETS_MARKER, "")
+    if not key or key == _applied_key or not key.startswith(SECRETS_PREFIX):
+        return []
+    try:
+        import json
+
+        from ray.experimental import internal_kv
+
+        if not internal_kv._internal_kv_initialized():
+            return []
+        raw = internal_kv._internal_kv_get(key, namespace=SECRETS_NAMESPACE)
+    except Exception:  # noqa: BLE001 - no Ray or no GCS here: the environment stays as it is
+        return []
+    if raw is None:
+        return []
+    secrets = {str(k): str(v) for k, v in json.loads(raw).items()}
+    environ.update(secrets)
+    _applied_key = key
+    import sys
+
+    storage = sys.modules.get("adray.storage")
+    if storage is not None and secrets:
+        storage._s3fs.cache_clear()
+    return sorted(secrets)
+
+
 def describe(env_vars: Mapping[str, str]) -> str:
     """One log line's worth: which names travel set and which unset, values only for non-secrets."""
-    names = [n for n in env_vars if n != MARKER]
+    names = [n for n in env_vars if n not in (MARKER, SECRETS_MARKER)]
     shown = [
         f"{n}={'<set>' if n in SECRET_ENV else env_vars[n]}" for n in names if env_vars[n]
     ]

@@ -26,6 +26,8 @@ from typing import Any, NoReturn, TypeVar
 
 import fsspec
 
+from adray import job_env
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -265,6 +267,7 @@ def resolve(url: str) -> Location:
     """
     if not isinstance(url, str) or not url:
         raise StorageError(f"expected a storage URL or path, got {url!r}")
+    job_env.apply_job_secrets()  # an attached job's worker: its credentials before any client is built
     url, user, password = split_userinfo(url)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme == "file":
@@ -307,6 +310,15 @@ def pyarrow_filesystem(url: str) -> tuple[Any, str]:
         _, user, password = split_userinfo(url)
         if user:
             kwargs.update(access_key=user, secret_key=password or "")
+        elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            # The environment's keys, which pyarrow's default chain would take first anyway, made explicit:
+            # this filesystem is pickled into Ray Data's tasks, and a worker of an attached job that unpickles
+            # it before adray sets the job's secrets (job_env.apply_job_secrets) would use its own environment.
+            kwargs.update(
+                access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            )
         endpoint = s3_endpoint()
         if endpoint:
             scheme, _, hostport = endpoint.partition("://")

@@ -18,10 +18,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 from adray import job_env
@@ -57,10 +59,16 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> Any:
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target in (None, "local"):
         return start_embedded_ray(**init_kwargs)
-    runtime_env = job_runtime_env()
-    log.info("attaching to the Ray cluster at %s; job environment %s", target, _described(runtime_env))
+    runtime_env, secrets = job_runtime_env_and_secrets()
+    log.info(
+        "attaching to the Ray cluster at %s; job environment %s; secret (via the GCS key-value store): %s",
+        target, _described(runtime_env), ", ".join(sorted(secrets)) or "none",
+    )  # fmt: skip
     driver_options = {k: v for k, v in init_kwargs.items() if k in _DRIVER_OPTIONS}
-    return ray.init(address=target, runtime_env=runtime_env, **driver_options)
+    context = ray.init(address=target, runtime_env=runtime_env, **driver_options)
+    if secrets:
+        put_job_secrets(runtime_env["env_vars"][job_env.SECRETS_MARKER], secrets)
+    return context
 
 
 def start_embedded_ray(
@@ -95,12 +103,47 @@ def embedded_num_cpus() -> int:
 def job_runtime_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """The runtime_env this driver gives its job: ``{"env_vars": job_env.job_env_vars()}`` minus the names
     the job's own runtime_env (``ray job submit --runtime-env-json``) already sets; Ray merges the two
-    (a name set in both would be refused as a conflict, and the driver's value came from there anyway)."""
+    (a name set in both would be refused as a conflict, and the driver's value came from there anyway).
+    Secret values are not in it (:func:`job_runtime_env_and_secrets`)."""
+    return job_runtime_env_and_secrets(environ)[0]
+
+
+def job_runtime_env_and_secrets(environ: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(runtime_env, secrets)``: :func:`job_runtime_env` and the set secret-named variables taken out of it
+    (:func:`adray.job_env.split_job_secrets`). Ray writes a runtime_env's values into the cluster's
+    ``runtime_env_agent.log``; the secrets go to the GCS key-value store instead (:func:`put_job_secrets`)
+    and the runtime_env carries only their key, ``ADRAY_JOB_SECRETS=adray/job-secrets/<random hex>``, new
+    for each call: a worker of another job, whose runtime_env lacks it, never reads them."""
     env_vars = job_env.job_env_vars(os.environ if environ is None else environ)
     submitted = submitted_runtime_env()
     for name in submitted.get("env_vars") or {}:
         env_vars.pop(name, None)
-    return {"env_vars": env_vars}
+    plain, secrets = job_env.split_job_secrets(env_vars)
+    if secrets:
+        plain[job_env.SECRETS_MARKER] = job_env.SECRETS_PREFIX + uuid.uuid4().hex
+    return {"env_vars": plain}, secrets
+
+
+def put_job_secrets(key: str, secrets: dict[str, str]) -> None:
+    """Store ``secrets`` (name -> value) under ``key`` in the connected cluster's GCS key-value store, for
+    the job's workers (:func:`adray.job_env.apply_job_secrets`), and delete them when this driver exits
+    (``atexit``; a driver killed outright leaves them there until the cluster stops)."""
+    import json
+
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, json.dumps(secrets), overwrite=True, namespace=job_env.SECRETS_NAMESPACE)
+    atexit.register(_delete_job_secrets, key)
+
+
+def _delete_job_secrets(key: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        if internal_kv._internal_kv_initialized():
+            internal_kv._internal_kv_del(key, namespace=job_env.SECRETS_NAMESPACE)
+    except Exception as e:  # noqa: BLE001 - the cluster may be gone already
+        log.debug("could not delete the job's secrets from the key-value store: %s", type(e).__name__)
 
 
 def submitted_runtime_env() -> dict[str, Any]:

@@ -225,7 +225,7 @@ def shared_cluster():
     proc = subprocess.run(start, env=env, cwd=cluster_dir, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:
-        yield {"address": f"127.0.0.1:{gcs}", "cwd": cluster_dir, "stores": stores, "root": root}
+        yield {"address": f"127.0.0.1:{gcs}", "cwd": cluster_dir, "stores": stores, "root": root, "temp": temp}
     finally:
         _stop_cluster(temp)
         for store in stores.values():
@@ -255,6 +255,13 @@ def test_attached_jobs_write_to_their_own_store_with_their_own_credentials(share
         assert sum(k.endswith(".parquet") for k in keys) >= 1
         assert stores[name].keys() == {stores[name].key}, stores[name].keys()
     assert stores["cluster"].keys() == set()  # the cluster's own store and credentials were never used
+    # the jobs' secret keys reached their workers through the GCS key-value store, not Ray's logs or files
+    secrets = {f"{stores[name].key}-secret".encode() for name in ("a", "b")}
+    leaked = [
+        str(path) for path in Path(shared_cluster["temp"]).rglob("*")
+        if path.is_file() and not path.is_symlink() and any(s in path.read_bytes() for s in secrets)
+    ]  # fmt: skip
+    assert not leaked, f"secret values written under the cluster's session directory: {leaked}"
 
 
 def test_attached_job_with_relative_paths_writes_under_the_driver_directory(shared_cluster) -> None:

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from adray import job_env, storage
 from adray.catalog import item_id_for, normalise_manifest
-from adray.pipeline.cluster import job_runtime_env
+from adray.pipeline.cluster import job_runtime_env, job_runtime_env_and_secrets
 from adray.pipeline.spec import RAY_JOB_CONFIG_ENV, ScoreConfig
 
 
@@ -44,6 +44,47 @@ def test_runtime_env_leaves_names_that_ray_job_submit_already_sets(monkeypatch) 
     env_vars = job_runtime_env({"ADRAY_S3_ENDPOINT": "http://store:1", "AWS_REGION": "r"})["env_vars"]
     assert "ADRAY_S3_ENDPOINT" not in env_vars  # Ray refuses a name set twice; the value came from there
     assert env_vars["AWS_REGION"] == "r"
+
+
+def test_attached_job_runtime_env_carries_secret_names_as_a_key_only(monkeypatch) -> None:
+    monkeypatch.delenv(RAY_JOB_CONFIG_ENV, raising=False)
+    driver = {"AWS_ACCESS_KEY_ID": "AKID1", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_REGION": "r", "HF_HOME": ""}
+    runtime_env, secrets = job_runtime_env_and_secrets(driver)
+    env_vars = runtime_env["env_vars"]
+    assert secrets == {"AWS_ACCESS_KEY_ID": "AKID1", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    assert "s3cr3t" not in json.dumps(runtime_env) and "AKID1" not in json.dumps(runtime_env)
+    assert env_vars["AWS_REGION"] == "r" and env_vars["HF_HOME"] == ""
+    assert env_vars["AWS_SESSION_TOKEN"] == ""  # unset secrets still travel as unset markers
+    key = env_vars[job_env.SECRETS_MARKER]
+    assert key.startswith(job_env.SECRETS_PREFIX)
+    assert job_runtime_env_and_secrets(driver)[0]["env_vars"][job_env.SECRETS_MARKER] != key  # one per job
+    plain, none = job_runtime_env_and_secrets({"AWS_REGION": "r"})
+    assert none == {} and job_env.SECRETS_MARKER not in plain["env_vars"]
+
+
+def test_worker_applies_the_job_secrets_from_the_key_value_store_once(monkeypatch) -> None:
+    from ray.experimental import internal_kv
+
+    store = {(job_env.SECRETS_PREFIX + "j1", "adray"): json.dumps({"AWS_SECRET_ACCESS_KEY": "s3cr3t"}).encode()}
+    calls: list[str] = []
+
+    def get(key, namespace=None):
+        calls.append(key)
+        return store.get((key, namespace))
+
+    monkeypatch.setattr(internal_kv, "_internal_kv_initialized", lambda: True)
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", get)
+    monkeypatch.setattr(job_env, "_applied_key", None)
+    worker = {"AWS_SECRET_ACCESS_KEY": "cluster-starter", job_env.SECRETS_MARKER: job_env.SECRETS_PREFIX + "j1"}
+    assert job_env.apply_job_secrets(worker) == ["AWS_SECRET_ACCESS_KEY"]
+    assert worker["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
+    assert job_env.apply_job_secrets(worker) == [] and len(calls) == 1  # once per process
+    other = {"AWS_SECRET_ACCESS_KEY": "theirs"}  # another job's worker: no marker, nothing fetched
+    assert job_env.apply_job_secrets(other) == [] and other["AWS_SECRET_ACCESS_KEY"] == "theirs"
+    missing = {job_env.SECRETS_MARKER: job_env.SECRETS_PREFIX + "gone"}
+    assert job_env.apply_job_secrets(missing) == [] and list(missing) == [job_env.SECRETS_MARKER]
+    foreign = {job_env.SECRETS_MARKER: "someone/else"}  # only adray's own keys are read
+    assert job_env.apply_job_secrets(foreign) == [] and len(calls) == 2
 
 
 def test_score_config_makes_local_paths_absolute_and_records_env_names_only(tmp_path, monkeypatch) -> None:
