@@ -148,7 +148,7 @@ def describe(env_vars: Mapping[str, str]) -> str:
     """One log line's worth: which names travel set and which unset, values only for non-secrets."""
     names = [n for n in env_vars if n not in (MARKER, SECRETS_MARKER)]
     shown = [
-        f"{n}={'<set>' if n in SECRET_ENV else env_vars[n]}" for n in names if env_vars[n]
+        f"{n}={'<set>' if is_secret_name(n) else env_vars[n]}" for n in names if env_vars[n]
     ]
     unset = [n for n in names if not env_vars[n]]
     return f"set: {', '.join(shown) or 'none'}; unset: {', '.join(unset) or 'none'}"

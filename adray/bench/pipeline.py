@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adray import storage
+from adray.job_env import describe
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ def _notes(
     return [
         f"WinCLIP {args.model} (random weights), {args.image_size}px PNGs, batch {args.batch_size}, "
         f"{args.actors} actor(s), torch threads {args.threads}, retain freed memory: {args.retain_memory}, "
-        f"scoring actor env: {measured.actor_env_vars()}, Ray timers: "
+        f"scoring actor env: {describe(measured.actor_env_vars())}, Ray timers: "
         f"{'default' if args.ray_default_timers else 'quiet (EMBEDDED_RAY_SYSTEM_CONFIG)'}",
         f"{len(repeats)} repeat(s) of: bare loop over the 4N items, then the pipeline on N={args.n} and 4N items; "
         "each repeat's reference is the mean of the bare loops on either side of it",

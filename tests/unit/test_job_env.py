@@ -133,3 +133,12 @@ def test_secret_named_actor_env_is_split_from_the_runtime_env_part(monkeypatch) 
     plain, secret = job_env.split_secret_env(config.actor_env_vars())
     assert secret == secrets
     assert plain == {"OMP_WAIT_POLICY": "PASSIVE", **plain_given}
+
+
+def test_describe_never_shows_a_secret_named_value():
+    """Log lines name secret-looking variables as <set>: any name is_secret_name calls secret, not only AWS's."""
+    from adray.job_env import describe
+
+    line = describe({"HF_TOKEN": "hf-value-123", "DB_PASSWORD": "pw-456", "OMP_WAIT_POLICY": "PASSIVE"})
+    assert "hf-value-123" not in line and "pw-456" not in line
+    assert "HF_TOKEN=<set>" in line and "OMP_WAIT_POLICY=PASSIVE" in line
