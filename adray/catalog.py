@@ -144,8 +144,7 @@ def canonical_uri(uri: str, *, keep_userinfo: bool = False) -> str:
     scheme, sep, rest = bare.partition("://")
     if not sep or scheme.lower() == "file":
         return storage.absolute_url(bare)
-    scheme = scheme.lower()
-    scheme = "s3" if scheme == "s3a" else scheme
+    scheme = storage.canonical_scheme(scheme)
     info = ""
     if keep_userinfo and bare != uri:
         start = uri.index("://") + 3

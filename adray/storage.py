@@ -163,9 +163,14 @@ def _match_forms(url: str) -> tuple[str, str]:
     if not sep or scheme.lower() == "file":
         path = os.path.realpath(os.path.expanduser(rest if sep else url))
         return path, path
-    scheme = scheme.lower()
-    scheme = "s3" if scheme == "s3a" else scheme
+    scheme = canonical_scheme(scheme)
     return f"{scheme}://{rest}", f"{scheme}://{posixpath.normpath(rest) if rest else rest}"
+
+
+def canonical_scheme(scheme: str) -> str:
+    """One spelling per URL scheme: lower case, ``s3a`` read as ``s3`` (the same object store)."""
+    scheme = scheme.lower()
+    return "s3" if scheme == "s3a" else scheme
 
 
 def join_path(base: str, *parts: str) -> str:
