@@ -148,17 +148,10 @@ def _delete_job_secrets(key: str) -> None:
 
 def submitted_runtime_env() -> dict[str, Any]:
     """The runtime_env ``ray job submit`` gave this driver's job ({} outside one)."""
-    import json
+    from adray.pipeline.spec import submitted_job_config
 
-    from adray.pipeline.spec import RAY_JOB_CONFIG_ENV
-
-    raw = os.environ.get(RAY_JOB_CONFIG_ENV)
-    if not raw:
-        return {}
-    try:
-        return dict(json.loads(raw).get("runtime_env") or {})
-    except (ValueError, AttributeError, TypeError):
-        return {}
+    runtime_env = submitted_job_config().get("runtime_env")
+    return dict(runtime_env) if isinstance(runtime_env, dict) else {}
 
 
 def session_dir() -> str:

@@ -198,15 +198,23 @@ def default_run_id(now: datetime | None = None) -> str:
     return f"{now.strftime('run-%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
 
 
-def ray_submission_id() -> str | None:
-    """The submission id of the Ray job this driver runs in, if any."""
+def submitted_job_config() -> dict[str, Any]:
+    """The job config ``ray job submit`` hands this driver (its runtime_env, metadata); {} outside one or when
+    it does not parse."""
     raw = os.environ.get(RAY_JOB_CONFIG_ENV)
     if not raw:
-        return None
+        return {}
     try:
-        return json.loads(raw).get("metadata", {}).get("job_submission_id")
-    except (ValueError, AttributeError):
-        return None
+        config = json.loads(raw)
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def ray_submission_id() -> str | None:
+    """The submission id of the Ray job this driver runs in, if any."""
+    metadata = submitted_job_config().get("metadata")
+    return metadata.get("job_submission_id") if isinstance(metadata, dict) else None
 
 
 def load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
