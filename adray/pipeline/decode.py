@@ -19,20 +19,20 @@ image scaled from fewer significant bits than stored).
 Images stored with more than 8 bits are scaled from ``bit_depth`` bits: the item's ``bit_depth`` manifest
 column where set, else the run's ``bit_depth``, else detected per image (:func:`adray.io.images.scale_wide`).
 
-Preprocessed arrays travel packed into one binary column (:func:`pack_arrays`): the scoring actor stacks
-only the rows that decoded, so a batch of failures never needs a placeholder of the detector's shapes.
+Preprocessed arrays travel packed into one binary column (:func:`pack_arrays`, a safetensors buffer): the
+scoring actor stacks only the rows that decoded, so a batch of failures never needs a placeholder of the
+detector's shapes.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import safetensors.numpy
 
 from adray import storage
 from adray.io.images import ImageDecodeError, decode_image_noted
@@ -316,28 +316,18 @@ def _item_bit_depth(declared: Any, default: int | None) -> int | None:
 
 
 def pack_arrays(arrays: dict[str, Any]) -> bytes:
-    """Pack named arrays as ``<u32 header length><JSON header><raw bytes>`` (no pickle)."""
-    header: dict[str, list[Any]] = {}
-    chunks: list[bytes] = []
-    offset = 0
-    for key in sorted(arrays):
-        a = np.ascontiguousarray(_to_numpy(arrays[key]))
-        raw = a.tobytes()
-        header[key] = [a.dtype.str, list(a.shape), offset, len(raw)]
-        chunks.append(raw)
-        offset += len(raw)
-    head = json.dumps(header).encode()
-    return struct.pack("<I", len(head)) + head + b"".join(chunks)
+    """Named arrays (numpy or torch, any shape) as one safetensors buffer (``safetensors.numpy.save``: a
+    JSON header of dtypes and shapes, then the raw little-endian bytes; no pickle). Raises ``ValueError``
+    for a dtype safetensors cannot hold (object, complex)."""
+    try:
+        return safetensors.numpy.save({k: np.ascontiguousarray(_to_numpy(v)) for k, v in arrays.items()})
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"cannot pack arrays {sorted(arrays)}: {e}") from e
 
 
 def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
-    (n,) = struct.unpack_from("<I", blob, 0)
-    header = json.loads(bytes(blob[4 : 4 + n]))
-    body = memoryview(blob)[4 + n :]
-    return {
-        key: np.frombuffer(body[off : off + size], dtype=np.dtype(dt)).reshape(shape)
-        for key, (dt, shape, off, size) in header.items()
-    }
+    """The arrays of :func:`pack_arrays`, dtypes and shapes as packed (``safetensors.numpy.load``)."""
+    return safetensors.numpy.load(bytes(blob))
 
 
 def _to_numpy(x: Any) -> np.ndarray:
