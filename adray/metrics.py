@@ -1,12 +1,14 @@
 """Anomaly-detection metrics: image AUROC / AUPR / F1-max and pixel AUROC / AUPRO, all exact.
 
-Image level (``labels`` 0 normal / 1 anomalous, ``scores`` higher = more anomalous):
+Image level (``labels`` 0 normal / 1 anomalous, ``scores`` higher = more anomalous) is scikit-learn's,
+called after one check of the inputs (:func:`_checked`):
 
 - :func:`image_auroc` = ``sklearn.metrics.roc_auc_score`` (trapezoid over all distinct thresholds).
 - :func:`aupr` = *average precision*, the step-wise sum ``sum_k (R_k - R_{k-1}) P_k`` of
   ``sklearn.metrics.average_precision_score`` (not the optimistic trapezoid under the PR curve; anomalib
   moves to the same definition in PR #3797).
 - :func:`f1_max` = the largest F1 over the points of ``sklearn.metrics.precision_recall_curve``.
+- :func:`threshold_at_fpr` (the operating threshold a detector stores) is ours: scikit-learn has none.
 
 Pixel level follows the MVTec AD evaluation code (Bergmann et al., IJCV 2021, ``pro_curve_util.py``):
 ground-truth regions are 8-connected components per image (``scipy.ndimage.label``, ``np.ones((3, 3))``);
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _LOW_WORD = np.uint64(0xFFFFFFFF)
@@ -41,36 +44,39 @@ _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 only has 
 
 
 def image_auroc(labels, scores) -> float:
-    """Area under the ROC curve of image scores (= ``sklearn.metrics.roc_auc_score``)."""
-    fpr, tpr, _ = roc_curve_points(labels, scores)
-    return float(_trapezoid(tpr, fpr))
+    """Area under the ROC curve of image scores (``sklearn.metrics.roc_auc_score``).
+
+    ``labels [N]`` 0/1 or bool, ``scores [N]`` finite. Raises ``ValueError`` without an anomalous and a
+    normal item, for labels other than 0/1, non-finite scores or lengths that differ."""
+    y, s = _checked(labels, scores, need_negatives=True)
+    return float(roc_auc_score(y, s))
 
 
 def roc_curve_points(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)`` at every distinct score, starting at (0, 0) with threshold +inf.
 
-    Same points as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``; item flagged when
-    ``score >= threshold``.
+    ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``; item flagged when ``score >= threshold``.
+    Raises ``ValueError`` as :func:`image_auroc`.
     """
-    tp, fp, thresholds = _threshold_counts(labels, scores, need_negatives=True)
-    fpr = np.r_[0.0, fp / fp[-1]]
-    tpr = np.r_[0.0, tp / tp[-1]]
-    return fpr, tpr, np.r_[np.inf, thresholds]
+    y, s = _checked(labels, scores, need_negatives=True)
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    thresholds[0] = np.inf  # scikit-learn < 1.3 wrote max + 1 here
+    return fpr, tpr, thresholds
 
 
 def aupr(labels, scores) -> float:
-    """Average precision (= ``sklearn.metrics.average_precision_score``); needs one anomalous item."""
-    tp, fp, _ = _threshold_counts(labels, scores, need_negatives=False)
-    precision = tp / (tp + fp)
-    recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """Average precision (``sklearn.metrics.average_precision_score``); needs one anomalous item.
+
+    Raises ``ValueError`` without an anomalous item, for labels other than 0/1 or non-finite scores."""
+    y, s = _checked(labels, scores, need_negatives=False)
+    return float(average_precision_score(y, s))
 
 
 def f1_max(labels, scores) -> float:
-    """The best F1 over all thresholds (points of ``sklearn.metrics.precision_recall_curve``)."""
-    tp, fp, _ = _threshold_counts(labels, scores, need_negatives=False)
-    precision = tp / (tp + fp)
-    recall = tp / tp[-1]
+    """The best F1 over the points of ``sklearn.metrics.precision_recall_curve``; errors as :func:`aupr`."""
+    y, s = _checked(labels, scores, need_negatives=False)
+    precision, recall, _ = precision_recall_curve(y, s)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     return float(f1.max())
@@ -97,8 +103,9 @@ def threshold_at_fpr(normal_scores, target_fpr: float) -> float:
     return float(values[::-1][ok[-1]])
 
 
-def _threshold_counts(labels, scores, *, need_negatives: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative true/false positives at each distinct score, scores descending."""
+def _checked(labels, scores, *, need_negatives: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels as bool [N], scores as float64 [N])`` once checked: the set scikit-learn would reject, or
+    silently score, is a ``ValueError`` that says what is wrong."""
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {y.shape}")
@@ -114,12 +121,7 @@ def _threshold_counts(labels, scores, *, need_negatives: bool) -> tuple[np.ndarr
         raise ValueError("this metric needs at least one anomalous item (label 1); the set has none")
     if need_negatives and n_pos == y.size:
         raise ValueError("AUROC needs at least one normal item (label 0) as well; the set has none")
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tp = np.cumsum(y, dtype=np.float64)[last]
-    fp = (last + 1) - tp
-    return tp, fp, s[last]
+    return y, s
 
 
 def _finite_1d(values, name: str) -> np.ndarray:

@@ -220,3 +220,32 @@ def test_pixel_accumulator_holds_one_packed_copy():
         tracemalloc.stop()
     # 8 bytes per pixel for the keys, plus per-image and per-chunk temporaries; no copy of all maps
     assert peak < 8 * pixels + 2_000_000, peak
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 18])
+def test_the_pixel_accumulator_equals_sklearn_where_both_apply(chunk):
+    """The one metric both compute (pixel AUROC): our sort-key accumulator, fed map by map with uint8 masks
+    and chunk edges inside tie groups, gives scikit-learn's value on the concatenated float32 pixels."""
+    masks, maps = random_set(11, ties=True, n=7, shape=(10, 13))
+    maps = [a.astype(np.float64) + 1e-9 for a in maps]  # compared at float32 precision: the same ties
+    acc = PixelCurveAccumulator(chunk=chunk)
+    for m, a in zip(masks, maps):
+        acc.add(m.astype(np.uint8) * 255, a)
+    ours = acc.compute().pixel_auroc
+    labels = np.concatenate([m.ravel() for m in masks])
+    scores = np.concatenate([a.ravel() for a in maps]).astype(np.float32)
+    assert ours == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert ours == pytest.approx(image_auroc(labels, scores), abs=1e-12)  # the image path is sklearn's
+
+
+def test_image_metrics_refuse_what_sklearn_would_score_silently_or_cryptically():
+    with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+        aupr([0, 2, 1], [0.1, 0.2, 0.3])  # sklearn would read 2 as a third class
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        image_auroc([0, 1, 1], [0.1, np.nan, 0.3])
+    with pytest.raises(ValueError, match="at least one normal"):
+        image_auroc([1, 1], [0.1, 0.2])  # sklearn: "Only one class present"
+    with pytest.raises(ValueError, match="at least one anomalous"):
+        f1_max([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="differ in length"):
+        f1_max([0, 1], [0.1, 0.2, 0.3])
