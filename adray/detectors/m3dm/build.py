@@ -3,7 +3,8 @@
 Inputs are raw extractor grids of the bank items (normal training items) and of held-out normal items
 (never in the banks): ``{"rgb": [n, Cr, h, w], "xyz": [n, Cx, S, S]}`` numpy arrays. Steps: bank rows
 (fused rows through the trained UFF, in chunks) -> greedy coreset per bank -> score the held-out items
--> fit the DLF one-class SVMs (multi-bank modes) -> threshold = the largest held-out normal score.
+-> fit the DLF one-class SVMs (multi-bank modes; the pixel SVM on foreground pixels) -> threshold = the
+largest held-out normal score.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from adray.detectors.m3dm.banks import build_bank
 from adray.detectors.m3dm.config import M3DMConfig
@@ -68,14 +70,7 @@ def build_detector(
     if n_held == 0:
         raise ValueError("no held-out normal items to fit decision-layer fusion and the threshold on")
     per_bank = heldout_scores(det, heldout_features, item_chunk)
-    names = config.bank_names
-    if len(names) > 1:
-        image_rows = np.stack([per_bank[n][0] for n in names], axis=1)
-        pixel_rows = np.stack([per_bank[n][1].reshape(-1) for n in names], axis=1)
-        det.image_svm, _ = fit_one_class_svm(image_rows, config.dlf_kernel, config.dlf_nu, seed=config.seed)
-        det.pixel_svm, _ = fit_one_class_svm(
-            pixel_rows, config.dlf_kernel, config.dlf_nu, max_rows=config.dlf_max_pixel_rows, seed=config.seed
-        )
+    dlf_record = fit_dlf(det, per_bank, heldout_features) if len(config.bank_names) > 1 else None
     final = det.combine({n: (torch.from_numpy(s), torch.from_numpy(m)) for n, (s, m) in per_bank.items()})
     det._threshold = float(final.image_score.max())
     timings["dlf_s"] = time.perf_counter() - t0
@@ -85,10 +80,52 @@ def build_detector(
         "n_heldout_items": n_held,
         "bank_rows": {n: int(b.rows.shape[0]) for n, b in det.banks.items()},
         "threshold_rule": "max image score over held-out normal items",
+        **({"dlf": dlf_record} if dlf_record is not None else {}),
         "timings": timings,
     }
     det._version = None
     return det
+
+
+def fit_dlf(
+    det: M3DMDetector,
+    per_bank: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    heldout_features: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """Fit the image and pixel one-class SVMs of ``det`` on held-out bank scores; returns what was used
+    (scale quantile, pixel rows, input scales and weights) for the artifact metadata."""
+    config = det.config
+    names = config.bank_names
+    image_rows = np.stack([per_bank[n][0] for n in names], axis=1)
+    pixel_rows = np.stack([per_bank[n][1].reshape(-1) for n in names], axis=1)
+    used = "all"
+    if config.dlf_pixel_rows == "foreground":
+        fg = foreground_pixels(heldout_features["xyz"], per_bank[names[0]][1].shape[-1]).reshape(-1)
+        if fg.any():
+            pixel_rows, used = pixel_rows[fg], "foreground"
+        else:
+            log.warning("DLF: no foreground pixel in the held-out items; the pixel SVM is fitted on all")
+    q, kernel, nu = config.dlf_scale_quantile, config.dlf_kernel, config.dlf_nu
+    det.image_svm, _ = fit_one_class_svm(image_rows, kernel, nu, seed=config.seed, scale_quantile=q)
+    det.pixel_svm, _ = fit_one_class_svm(
+        pixel_rows, kernel, nu, max_rows=config.dlf_max_pixel_rows, seed=config.seed, scale_quantile=q
+    )
+    record: dict[str, Any] = {"inputs": list(names), "scale_quantile": q, "pixel_rows": used}
+    record["n_pixel_rows"] = int(len(pixel_rows))
+    for key, svm in (("image", det.image_svm), ("pixel", det.pixel_svm)):
+        record[f"{key}_scales"] = [float(v) for v in svm.scale]
+        weights = svm.input_weights()
+        record[f"{key}_weights"] = None if weights is None else [float(v) for v in weights]
+    log.info("DLF: %s", record)
+    return record
+
+
+def foreground_pixels(xyz_grids: np.ndarray, size: int) -> np.ndarray:
+    """bool ``[n, size, size]``: pixels whose point-feature patch of ``xyz_grids [n, C, s, s]`` is not all
+    zero (a point of the preprocessed cloud fell there), nearest-upsampled to the map size."""
+    grids = torch.from_numpy(np.asarray(xyz_grids))
+    fg = (grids.abs().sum(dim=1, keepdim=True) > 0).float()
+    return F.interpolate(fg, size=(size, size), mode="nearest")[:, 0].numpy() > 0.5
 
 
 def bank_rows(

@@ -40,12 +40,16 @@ class M3DMConfig:
     dlf_kernel: str = "linear"
     dlf_nu: float = 0.5
     dlf_max_pixel_rows: int = 10000
+    dlf_scale_quantile: float = 0.9  # DLF inputs / this quantile of |x| (artifacts before: 0.5, the median)
+    dlf_pixel_rows: str = "foreground"  # pixels the pixel SVM is fitted on: foreground | all (before)
     knn_backend: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown M3DM mode {self.mode!r}; choose from {MODES}")
+        if self.dlf_pixel_rows not in ("foreground", "all"):
+            raise ValueError(f"dlf_pixel_rows must be foreground or all, got {self.dlf_pixel_rows!r}")
 
     @property
     def uses_rgb(self) -> bool:
@@ -81,6 +85,8 @@ class M3DMConfig:
         point = dict(d.pop("point"))
         point["fetch_idx"] = tuple(point["fetch_idx"])
         point.setdefault("bn_stats", "running")  # artifacts from before bn_stats ran the encoder in eval mode
+        d.setdefault("dlf_scale_quantile", 0.5)  # artifacts from before divided DLF inputs by their median
+        d.setdefault("dlf_pixel_rows", "all")  # ... and fitted the pixel SVM on every pixel
         return cls(
             vit=ViTConfig(**d.pop("vit")),
             point=PointMAEConfig(**point),
