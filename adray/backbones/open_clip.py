@@ -136,7 +136,7 @@ def load_clip(
     :class:`WeightsUnavailableError` (naming the ways to provide the weights) when pretrained weights are
     neither cached nor downloadable, and ``ValueError`` for an unknown model or tag.
     """
-    from adray.detectors.base import pick_device
+    from adray.backbones.device import pick_device
 
     dev = pick_device(str(device) if device is not None else None)
     tag = resolve_pretrained_tag(model_name, pretrained_tag)

@@ -20,25 +20,72 @@ A *sample* is a dict with ``"image"`` (uint8 ``[H, W, 3]`` RGB), optionally ``"x
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from adray import storage
+# The artifact format and the registry live in their own modules; their names stay importable from here.
+from adray.backbones.device import pick_device
+from adray.detectors.artifact import (
+    ARTIFACT_SCHEMA_VERSION,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    content_hash,
+    load_artifact,
+    read_artifact_config,
+    save_artifact,
+    tensors_from_bytes,
+    tensors_to_bytes,
+)
+from adray.detectors.registry import (
+    create_detector,
+    create_preprocessor,
+    get_detector,
+    get_factory,
+    list_detectors,
+    load_detector,
+    register_detector,
+    register_factory,
+    register_preprocessor,
+    registered_detectors,
+)
 
-ARTIFACT_SCHEMA_VERSION = "1.0"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
+__all__ = [
+    "ARTIFACT_SCHEMA_VERSION",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "Detector",
+    "ScoreBatch",
+    "content_hash",
+    "create_detector",
+    "create_preprocessor",
+    "get_detector",
+    "get_factory",
+    "list_detectors",
+    "load_artifact",
+    "load_detector",
+    "pick_device",
+    "read_artifact_config",
+    "register_detector",
+    "register_factory",
+    "register_preprocessor",
+    "registered_detectors",
+    "save_artifact",
+    "tensors_from_bytes",
+    "tensors_to_bytes",
+]
 
 
 @dataclass
 class ScoreBatch:
-    """What a detector returns for a batch of N items."""
+    """What a detector returns for a batch of N items (raises ``ValueError`` on other shapes).
+
+    ``image_score``: float32 ``[N]``, higher = more anomalous (each detector's own scale; compare with its
+    ``threshold``). ``anomaly_map``: float32 ``[N, H, W]`` at the detector's input size, same direction.
+    """
 
     image_score: torch.Tensor  # float32 [N]
     anomaly_map: torch.Tensor  # float32 [N, H, W]
@@ -53,6 +100,7 @@ class ScoreBatch:
             raise ValueError("image_score and anomaly_map disagree on the batch size")
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(``image_score`` float32 ``[N]``, ``anomaly_map`` float32 ``[N, H, W]``) as CPU numpy arrays."""
         return (
             self.image_score.detach().float().cpu().numpy(),
             self.anomaly_map.detach().float().cpu().numpy(),
@@ -61,229 +109,68 @@ class ScoreBatch:
 
 @runtime_checkable
 class Detector(Protocol):
+    """What every detector implements; the pipeline, the fit jobs and the benchmarks use nothing else.
+
+    Implementations: :class:`~adray.detectors.winclip.WinClip` (WinCLIP / WinCLIP+, Jeong et al. CVPR
+    2023; no official code, the paper checked against anomalib), :class:`~adray.detectors.bgad.BgadDetector`
+    (Yao et al. CVPR 2023, official code xcyao00/BGAD) and :class:`~adray.detectors.m3dm.M3DMDetector`
+    (Wang et al. CVPR 2023, official code nomewang/M3DM). Each folder's README lists where it departs from
+    the paper's code, above all: scores are batch-invariant (BGAD's official code normalises by test-set
+    maxima; normalisers are frozen at fit time here). ``tests/unit/test_detector_contract.py`` checks
+    every registered detector against this contract.
+    """
+
+    #: registry key: ``"winclip"``, ``"bgad"``, ``"m3dm"`` (or a plugin's)
     name: ClassVar[str]
+    #: ``("rgb",)`` or ``("rgb", "xyz")``: what :meth:`preprocess` needs in a sample
     modalities: tuple[str, ...]
 
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """16 hex digits: :func:`content_hash` of the configuration and every tensor that changes scores.
+
+        Equal versions score equally; ``save`` then ``load`` keeps it (a load that does not reproduce the
+        recorded version raises ``ValueError``). Runtime choices (device, precision) are not part of it.
+        """
+        ...
 
     @property
-    def categories(self) -> tuple[str, ...] | None: ...
+    def categories(self) -> tuple[str, ...] | None:
+        """The categories this detector can score, or ``None`` for any (zero-shot without a class)."""
+        ...
 
     @property
-    def threshold(self) -> float | None: ...
+    def threshold(self) -> float | None:
+        """Decision threshold on ``image_score`` (same units), or ``None`` when uncalibrated."""
+        ...
 
-    def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]: ...
+    def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """CPU stage: a sample -> fixed-shape arrays that stack into a batch (no model needed to run it).
 
-    def score(self, batch: Mapping[str, Any]) -> ScoreBatch: ...
+        ``sample``: ``"image"`` uint8 ``[H, W, 3]`` RGB of any size; for ``("rgb", "xyz")`` detectors also
+        ``"xyz"`` float32 ``[H', W', 3]`` (organised point cloud, zeros where points are missing). Returns
+        at least ``"image"``: float32 ``[3, S, S]`` normalised as the backbone was trained (plus ``"xyz"``
+        and what else the detector's ``score`` reads, for M3DM). A sample without a needed modality raises
+        ``KeyError``.
+        """
+        ...
 
-    def save(self, uri: str) -> None: ...
+    def score(self, batch: Mapping[str, Any]) -> ScoreBatch:
+        """Score N preprocessed items: ``batch`` maps each key of :meth:`preprocess` to the ``[N, ...]``
+        stack of its arrays (numpy or torch). Returns ``image_score`` ``[N]`` and ``anomaly_map``
+        ``[N, S, S]`` (float32, CPU). An item's scores never depend on the rest of the batch."""
+        ...
+
+    def save(self, uri: str) -> None:
+        """Write the artifact folder ``uri`` (local path or storage URL): ``config.json`` + safetensors
+        (:func:`save_artifact`), never pickle. Raises ``ValueError`` when the detector cannot be rebuilt
+        from what it would write (e.g. a WinCLIP around a CLIP model of unknown origin)."""
+        ...
 
     @classmethod
-    def load(cls, uri: str, device: str | None = None) -> Detector: ...
+    def load(cls, uri: str, device: str | None = None) -> Detector:
+        """Read an artifact written by :meth:`save` onto ``device`` (default: CUDA when available).
 
-
-# -------------------------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type] = {}
-_FACTORIES: dict[str, Callable[..., Detector]] = {}
-_PREPROCESSORS: dict[str, Callable[..., Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]] = {}
-
-
-def register_detector(name: str, factory: Callable[..., Detector] | None = None) -> Callable[[type], type]:
-    """Class decorator: register a detector class (for ``load``) and optionally a by-name factory.
-
-    The factory builds an unfitted/zero-shot detector from keyword options, e.g.
-    ``create_detector("winclip", class_name="bottle", weights="random")``.
-    """
-
-    def deco(cls: type) -> type:
-        _REGISTRY[name] = cls
-        if factory is not None:
-            _FACTORIES[name] = factory
-        return cls
-
-    return deco
-
-
-def register_factory(name: str, factory: Callable[..., Detector]) -> None:
-    _FACTORIES[name] = factory
-
-
-def register_preprocessor(
-    name: str, factory: Callable[..., Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]
-) -> None:
-    """Register a model-free preprocessor for a by-name detector.
-
-    ``factory(**options)`` takes the same options as the detector factory and returns a function equal to
-    ``create_detector(name, **options).preprocess`` that needs no weights: the pipeline's CPU decode tasks
-    use it so they never load a model (WinCLIP's preprocess needs only the image size and mean/std).
-    """
-    _PREPROCESSORS[name] = factory
-
-
-def create_preprocessor(
-    name: str, **options: Any
-) -> Callable[[Mapping[str, Any]], dict[str, np.ndarray]] | None:
-    """The registered model-free preprocessor for ``name`` with ``options``, or ``None`` if there is none."""
-    _import_builtin_detectors()
-    factory = _PREPROCESSORS.get(name)
-    return None if factory is None else factory(**options)
-
-
-def _import_builtin_detectors() -> None:
-    # Importing the packages registers them; done lazily so `adray.detectors.base` stays light.
-    import importlib
-
-    for mod in ("adray.detectors.winclip", "adray.detectors.bgad", "adray.detectors.m3dm"):
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:  # a detector whose optional deps are missing stays unregistered
-            if f"'{mod}'" in str(e) or mod.rsplit(".", 1)[-1] in str(e):
-                continue
-            raise
-
-
-def registered_detectors() -> list[str]:
-    _import_builtin_detectors()
-    return sorted(set(_REGISTRY) | set(_FACTORIES))
-
-
-def create_detector(name: str, **options: Any) -> Detector:
-    """Build a detector by registry name (zero-shot or unfitted), e.g. ``create_detector("winclip", ...)``."""
-    _import_builtin_detectors()
-    if name not in _FACTORIES:
-        raise KeyError(
-            f"no detector factory named {name!r}; known: {sorted(_FACTORIES)}. Fitted detectors load from an "
-            "artifact URI instead (a folder with config.json)"
-        )
-    return _FACTORIES[name](**options)
-
-
-def load_detector(uri: str, device: str | None = None) -> Detector:
-    """Load any registered detector from its artifact folder."""
-    _import_builtin_detectors()
-    config = read_artifact_config(uri)
-    name = config.get("detector")
-    if name not in _REGISTRY:
-        raise ValueError(f"artifact {uri} names detector {name!r}, not one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name].load(uri, device=device)
-
-
-# -------------------------------------------------------------------------------------------- artifacts
-
-
-def content_hash(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | None = None) -> str:
-    """A short, stable hash of a JSON-able config and named tensors (order-independent)."""
-    h = hashlib.sha256()
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for key in sorted(tensors or {}):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-
-
-def tensors_from_bytes(data: bytes, device: str | None = None) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    out = load(data)
-    return {k: v.to(device) for k, v in out.items()} if device else out
-
-
-def save_artifact(
-    uri: str,
-    *,
-    detector: str,
-    version: str,
-    config: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
-    extra_files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> None:
-    """Write an artifact folder: tensors first, ``config.json`` last (its presence marks it complete).
-
-    ``config`` is the detector's configuration (hyperparameters, backbone tag and weight hash, ...);
-    ``metadata`` holds provenance that does not change the version (fit time, data used, calibration).
-    ``extra_files`` maps file names (``banks.safetensors``) to more named tensors.
-    """
-    files: dict[str, str] = {}
-    blob = tensors_to_bytes(tensors)
-    storage.write_bytes(storage.join_url(uri, WEIGHTS_FILE), blob)
-    files[WEIGHTS_FILE] = hashlib.sha256(blob).hexdigest()
-    for fname, group in (extra_files or {}).items():
-        if not fname.endswith(".safetensors"):
-            raise ValueError(f"extra artifact file {fname!r} must be .safetensors")
-        blob = tensors_to_bytes(group)
-        storage.write_bytes(storage.join_url(uri, fname), blob)
-        files[fname] = hashlib.sha256(blob).hexdigest()
-    doc = {
-        "schema": "adray/artifact",
-        "schema_version": ARTIFACT_SCHEMA_VERSION,
-        "detector": detector,
-        "version": version,
-        "config": dict(config),
-        "metadata": dict(metadata or {}),
-        "files": files,
-    }
-    storage.write_text(
-        storage.join_url(uri, CONFIG_FILE), json.dumps(doc, indent=2, sort_keys=True, default=_json_default)
-    )
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    raise TypeError(f"not JSON-serialisable in an artifact config: {type(o).__name__}")
-
-
-def read_artifact_config(uri: str) -> dict[str, Any]:
-    url = storage.join_url(uri, CONFIG_FILE)
-    try:
-        doc = json.loads(storage.read_text(url))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"no detector artifact at {uri}: {CONFIG_FILE} is missing (was the fit finished? artifacts are "
-            "complete only once config.json is written)"
-        ) from e
-    if doc.get("schema") != "adray/artifact":
-        raise ValueError(f"{url} is not an adray artifact config (schema={doc.get('schema')!r})")
-    return doc
-
-
-def load_artifact(
-    uri: str, device: str | None = None
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """Read an artifact: (config document, weights, {extra file name: tensors}); hashes are verified."""
-    doc = read_artifact_config(uri)
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for fname, digest in doc.get("files", {}).items():
-        blob = storage.read_bytes(storage.join_url(uri, fname))
-        if hashlib.sha256(blob).hexdigest() != digest:
-            raise ValueError(
-                f"artifact file {storage.join_url(uri, fname)} does not match its recorded sha256"
-            )
-        groups[fname] = tensors_from_bytes(blob, device)
-    weights = groups.pop(WEIGHTS_FILE, {})
-    return doc, weights, groups
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        Raises ``FileNotFoundError`` when ``config.json`` is missing and ``ValueError`` when a file's
+        sha256 or the rebuilt version disagrees with the record."""
+        ...

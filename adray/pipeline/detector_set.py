@@ -11,13 +11,13 @@ only.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from adray.detectors.base import Detector, create_detector, load_detector
+from adray.detectors.registry import create_preprocessor, factory_accepts
 from adray.pipeline.spec import DetectorSpec, load_plugins
 
 #: Placeholder category for registry detectors when a run gives no category (never stored).
@@ -60,8 +60,6 @@ class DetectorSet:
         return self.for_category(category).preprocess(sample)
 
     def _model_free_preprocessor(self) -> Any:
-        from adray.detectors.base import create_preprocessor
-
         load_plugins(self.spec.plugins)
         options = dict(self.spec.option_dict())
         options.setdefault("weights", self.spec.weights)
@@ -135,20 +133,7 @@ def _read_reference(uri: str) -> Any:
 
 def _accepted(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Drop options the factory does not take (``device``/``reference_images`` are offered, not imposed)."""
-    from adray.detectors import base
-
-    base._import_builtin_detectors()
-    factory = base._FACTORIES.get(name)
-    if factory is None:
-        return options
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return options
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return options
-    optional = {"device", "reference_images"}
-    return {k: v for k, v in options.items() if k in params or k not in optional}
+    return factory_accepts(name, options, frozenset({"device", "reference_images"}))
 
 
 @functools.lru_cache(maxsize=8)

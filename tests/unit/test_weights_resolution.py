@@ -336,7 +336,7 @@ _CHILD = textwrap.dedent(
 
     # a WinCLIP artifact records the hub file and refuses a cache whose file differs
     import os
-    from adray.detectors.winclip.artifact import load_winclip
+    from adray.detectors.winclip import load_winclip
     from adray.detectors.winclip.model import WinClip, WinClipConfig
 
     uri = os.path.join(os.path.dirname(out), "winclip-bottle")

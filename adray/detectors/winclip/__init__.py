@@ -1,7 +1,8 @@
 """WinCLIP / WinCLIP+ zero-/few-shot anomaly detection (Jeong et al., CVPR 2023); see README.md here."""
 
 from adray.detectors.base import register_detector, register_factory, register_preprocessor
-from adray.detectors.winclip.artifact import create_winclip, load_winclip, save_winclip
+from adray.detectors.winclip.artifact import save_winclip
+from adray.detectors.winclip.factory import create_winclip, load_winclip
 from adray.detectors.winclip.model import WinClip, WinClipConfig
 from adray.detectors.winclip.preprocessing import winclip_preprocessor
 from adray.detectors.winclip.prompts import build_prompts, clean_class_name

@@ -1,4 +1,4 @@
-"""WinCLIP construction by name (the registry factory) and its artifact (save/load).
+"""WinCLIP's artifact: writing it and reading it back (the detector is built in ``model.py``).
 
 The artifact holds what WinCLIP derives, not the CLIP weights: ``weights.safetensors`` has the text
 embeddings and the WinCLIP+ reference memories; ``config.json`` records the settings and the backbone spec
@@ -10,51 +10,24 @@ has the same sha256 (``random`` weights are seeded, so they are the same), and s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import torch
 
-from adray.backbones.open_clip import DEFAULT_MODEL, load_clip
-from adray.detectors.base import load_artifact, save_artifact
-from adray.detectors.winclip.model import WinClip, WinClipConfig
+from adray.backbones.open_clip import ClipBackbone, load_clip
+from adray.detectors.artifact import load_artifact, save_artifact
 
-
-def create_winclip(
-    *,
-    class_name: str,
-    weights: str = "pretrained",
-    model_name: str = DEFAULT_MODEL,
-    pretrained_tag: str | None = None,
-    scales: Sequence[int] = (2, 3),
-    reference_images: list[np.ndarray] | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    defect_types: Sequence[str] = (),
-    temperature: float = 0.07,
-    max_tokens: int = 32768,
-) -> WinClip:
-    """A WinCLIP detector for one category (the registry factory ``create_detector("winclip", ...)``).
-
-    ``reference_images`` (uint8 ``[H, W, 3]`` normal images) make it WinCLIP+ (k-shot). The open_clip
-    model is loaded once per process for ``(model_name, weights, pretrained_tag, device)``; no
-    ``pretrained_tag`` means the model's default tag (``laion400m_e31`` for ViT-B-16-plus-240).
-    """
-    backbone = load_clip(model_name, weights, pretrained_tag, device)
-    config = WinClipConfig(
-        class_name=class_name,
-        scales=tuple(scales),
-        temperature=temperature,
-        defect_types=tuple(defect_types),
-        precision=precision,
-        max_tokens=max_tokens,
-    )
-    detector = WinClip(backbone, config)
-    if reference_images:
-        detector.set_reference_images(reference_images)
-    return detector
+if TYPE_CHECKING:
+    from adray.detectors.winclip.model import WinClip
 
 
 def save_winclip(detector: WinClip, uri: str) -> None:
+    """Write ``detector``'s artifact folder ``uri`` (text embeddings, reference memories, settings).
+
+    Raises ``ValueError`` when the detector wraps an open_clip model of unknown origin (its artifact
+    could not rebuild it).
+    """
     spec = detector.backbone.spec
     if spec["weights"] == "unknown" or spec["model_name"] == "custom":
         raise ValueError(
@@ -71,7 +44,7 @@ def save_winclip(detector: WinClip, uri: str) -> None:
     metadata = {"threshold": detector.threshold, "precision_at_save": detector.config.precision}
     save_artifact(
         uri,
-        detector=WinClip.name,
+        detector=detector.name,
         version=detector.version,
         config=config,
         tensors=tensors,
@@ -79,7 +52,26 @@ def save_winclip(detector: WinClip, uri: str) -> None:
     )
 
 
-def load_winclip(uri: str, device: str | None = None, precision: str = "auto") -> WinClip:
+@dataclass
+class WinClipArtifact:
+    """What a WinCLIP artifact holds, read and checked, before a detector is built from it."""
+
+    uri: str
+    backbone: ClipBackbone
+    config: dict[str, Any]  # the recorded settings (``WinClip.describe()`` + max_tokens, weights_source)
+    threshold: float | None
+    text_embeddings: torch.Tensor  # [2, D]: normal, anomalous
+    memory: dict[str, torch.Tensor]  # WinCLIP+ reference memories by name; empty for zero-shot
+    version: str
+
+
+def read_winclip_artifact(uri: str, device: str | None = None) -> WinClipArtifact:
+    """Read the artifact folder ``uri`` and rebuild its CLIP backbone on ``device`` (shared per process).
+
+    Raises ``ValueError`` when the CLIP weights now resolve to another weights id than recorded, or (for
+    ``pretrained`` weights with a recorded file hash) the cached file's sha256 differs; and what
+    :func:`adray.detectors.artifact.load_artifact` raises.
+    """
     doc, tensors, _ = load_artifact(uri)
     cfg = doc["config"]
     spec = cfg["backbone"]
@@ -99,24 +91,12 @@ def load_winclip(uri: str, device: str | None = None, precision: str = "auto") -
                 f"{found.get('file')} of sha256 {str(found.get('sha256'))[:12]}...; stage the recorded "
                 "revision in the Hugging Face cache or rebuild the detector"
             )
-    config = WinClipConfig(
-        class_name=cfg["class_name"],
-        scales=tuple(cfg["scales"]),
-        temperature=cfg["temperature"],
-        defect_types=tuple(cfg["defect_types"]),
-        precision=precision,
-        max_tokens=int(cfg.get("max_tokens", 32768)),
+    return WinClipArtifact(
+        uri=uri,
+        backbone=backbone,
+        config=cfg,
         threshold=doc.get("metadata", {}).get("threshold"),
-        extra=dict(cfg.get("extra", {})),
+        text_embeddings=tensors["text_embeddings"],
+        memory={k.removeprefix("memory."): v for k, v in tensors.items() if k.startswith("memory.")},
+        version=doc["version"],
     )
-    detector = WinClip(backbone, config, text=tensors["text_embeddings"])
-    detector.memory = {
-        k.removeprefix("memory."): v.to(detector.device)
-        for k, v in tensors.items()
-        if k.startswith("memory.")
-    }
-    if detector.version != doc["version"]:
-        raise ValueError(
-            f"artifact {uri} does not reproduce its version {doc['version']} (got {detector.version})"
-        )
-    return detector

@@ -31,7 +31,7 @@ from adray.backbones.open_clip import (
     supports_mixed_blocks,
 )
 from adray.detectors.base import ScoreBatch
-from adray.detectors.winclip import scoring
+from adray.detectors.winclip import artifact, scoring
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
 from adray.detectors.winclip.windows import embed_tokens, encode_windows, harmonic_aggregation, window_indices
 
@@ -267,15 +267,34 @@ class WinClip:
         return self._version
 
     def save(self, uri: str) -> None:
-        from adray.detectors.winclip.artifact import save_winclip
-
-        save_winclip(self, uri)
+        """Write the artifact folder ``uri`` (see :mod:`adray.detectors.winclip.artifact`)."""
+        artifact.save_winclip(self, uri)
 
     @classmethod
-    def load(cls, uri: str, device: str | None = None) -> WinClip:
-        from adray.detectors.winclip.artifact import load_winclip
+    def load(cls, uri: str, device: str | None = None, precision: str = "auto") -> WinClip:
+        """The detector saved at ``uri``, on ``device``, scoring exactly as when it was saved.
 
-        return load_winclip(uri, device)
+        Raises ``ValueError`` when the weights or the rebuilt version differ from the record (see
+        :func:`~adray.detectors.winclip.artifact.read_winclip_artifact`)."""
+        art = artifact.read_winclip_artifact(uri, device)
+        cfg = art.config
+        config = WinClipConfig(
+            class_name=cfg["class_name"],
+            scales=tuple(cfg["scales"]),
+            temperature=cfg["temperature"],
+            defect_types=tuple(cfg["defect_types"]),
+            precision=precision,
+            max_tokens=int(cfg.get("max_tokens", 32768)),
+            threshold=art.threshold,
+            extra=dict(cfg.get("extra", {})),
+        )
+        detector = cls(art.backbone, config, text=art.text_embeddings)
+        detector.memory = {k: v.to(detector.device) for k, v in art.memory.items()}
+        if detector.version != art.version:
+            raise ValueError(
+                f"artifact {uri} does not reproduce its version {art.version} (got {detector.version})"
+            )
+        return detector
 
 
 def _class_text(backbone: ClipBackbone, class_name: str, defect_types: Sequence[str]) -> torch.Tensor:

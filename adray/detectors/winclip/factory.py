@@ -1,0 +1,50 @@
+"""WinCLIP by name: the registry factory (``create_detector("winclip", ...)``) and loading an artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from adray.backbones.open_clip import DEFAULT_MODEL, load_clip
+from adray.detectors.winclip.model import WinClip, WinClipConfig
+
+
+def create_winclip(
+    *,
+    class_name: str,
+    weights: str = "pretrained",
+    model_name: str = DEFAULT_MODEL,
+    pretrained_tag: str | None = None,
+    scales: Sequence[int] = (2, 3),
+    reference_images: list[np.ndarray] | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    defect_types: Sequence[str] = (),
+    temperature: float = 0.07,
+    max_tokens: int = 32768,
+) -> WinClip:
+    """A WinCLIP detector for one category (the registry factory ``create_detector("winclip", ...)``).
+
+    ``reference_images`` (uint8 ``[H, W, 3]`` normal images) make it WinCLIP+ (k-shot). The open_clip
+    model is loaded once per process for ``(model_name, weights, pretrained_tag, device)``; no
+    ``pretrained_tag`` means the model's default tag (``laion400m_e31`` for ViT-B-16-plus-240).
+    """
+    backbone = load_clip(model_name, weights, pretrained_tag, device)
+    config = WinClipConfig(
+        class_name=class_name,
+        scales=tuple(scales),
+        temperature=temperature,
+        defect_types=tuple(defect_types),
+        precision=precision,
+        max_tokens=max_tokens,
+    )
+    detector = WinClip(backbone, config)
+    if reference_images:
+        detector.set_reference_images(reference_images)
+    return detector
+
+
+def load_winclip(uri: str, device: str | None = None, precision: str = "auto") -> WinClip:
+    """The WinCLIP detector saved at ``uri`` (:meth:`WinClip.load`); raises what it raises."""
+    return WinClip.load(uri, device, precision)
