@@ -15,7 +15,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from adray import storage
-from adray.catalog import DOC_FILES, IMAGE_EXTS, LAYOUTS, NORMAL_LABELS, SPLITS, CatalogError, CatalogReport
+from adray.catalog_common import (
+    DOC_FILES,
+    IMAGE_EXTS,
+    LAYOUTS,
+    NORMAL_LABELS,
+    SPLITS,
+    CatalogError,
+    CatalogReport,
+    uri_refusal,
+)
 
 Row = dict[str, Any]
 POINT_CLOUD_EXTS = (".tiff", ".tif", ".npy", ".ply", ".pcd")
@@ -289,7 +298,7 @@ def _item_files(url: str, report: CatalogReport) -> Iterator[tuple[str, dict[str
     AppleDouble files, anything in a hidden folder or ``__MACOSX``) is counted as ignored instead.
 
     Object stores are listed flat (no delimiter), so keys that a ``/``-delimited walk loses (``a/../x.png``,
-    ``a//x.png``) are seen and become rows (refused, :func:`adray.catalog.uri_refusal`).
+    ``a//x.png``) are seen and become rows (refused, :func:`adray.catalog_common.uri_refusal`).
     """
     loc = storage.resolve(url)
     if loc.protocol == "file":
@@ -303,7 +312,9 @@ def _item_files(url: str, report: CatalogReport) -> Iterator[tuple[str, dict[str
                 except OSError:
                     report.note("stray", path, "cannot be read (vanished or no permission to stat)")
                     continue
-                entries.append((path, {"name": path, "size": st.st_size, "mtime": st.st_mtime, "type": "file"}))
+                entries.append(
+                    (path, {"name": path, "size": st.st_size, "mtime": st.st_mtime, "type": "file"})
+                )
     else:
         try:
             found = storage.with_retries(lambda: loc.fs.find(loc.path, detail=True), what=f"list {url}")
@@ -323,7 +334,6 @@ def _item_files(url: str, report: CatalogReport) -> Iterator[tuple[str, dict[str
 
 def _skip(url: str, info: dict[str, Any]) -> tuple[str, str] | None:
     """``(skip_status, reason)`` for a file under an item folder that is not to be read, else None."""
-    from adray.catalog import uri_refusal
 
     refusal = uri_refusal(url)
     if refusal:
