@@ -10,8 +10,12 @@ Departures from the official M3DM code, on purpose:
 
 - no CUDA-only extensions: farthest point sampling and kNN are plain torch (any device); FPS starts at
   point 0 like ``pointnet2_ops`` and is deterministic;
-- the encoder runs in eval mode (BatchNorm running statistics, no DropPath); M3DM never calls ``.eval()``
-  and so computes per-sample BN statistics and stochastic DropPath (see reference note §2.2);
+- (not a departure) BatchNorm in the mini-PointNet uses each cloud's own statistics (``bn_stats="sample"``,
+  the default), as the official extractor does because it never calls ``.eval()``; the running statistics are neither
+  used nor updated. ``bn_stats="running"`` is plain eval-mode BatchNorm, kept for artifacts built before
+  (see ``docs/official-code/m3dm.md``);
+- no DropPath: the official train-mode extractor applies stochastic depth at inference, so its features
+  vary from run to run; ours are deterministic;
 - checkpoints load by path with key remapping and *raise* on missing keys (the official loader uses
   ``strict=False`` and silently keeps random weights for a wrong file).
 """

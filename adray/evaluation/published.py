@@ -1,10 +1,11 @@
 """Published numbers of BGAD, WinCLIP and M3DM, to show beside ours when the dataset is one of theirs.
 
 Every value is in [0, 1]. ``category=None`` marks a **mean over the dataset's categories** (unweighted, as the
-papers report it); a category name marks a **per-category** cell. ``verified`` is False for cells that our
-reference notes recall from the paper but could not confirm against a primary table.
+papers report it); a category name marks a **per-category** cell. ``verified`` is False for cells recalled
+from the paper that could not be confirmed against a primary table.
 
-Sources (see /work/shared/reference and the seminar transcript the project started from):
+Sources (the papers' tables and the seminar transcript the project started from; what the official code
+does is in ``docs/official-code/``):
 
 - BGAD (Yao et al., CVPR 2023, arXiv 2207.01463), MVTec AD, 10 anomalies per category used for training and
   removed from the test set, tf_efficientnet_b6 at 256 px. Per-category pixel AUROC / PRO and the means

@@ -63,5 +63,5 @@ def align_points_to_grid(
 def upsample_rgb_grid(grid: torch.Tensor, out_size: int) -> torch.Tensor:
     """RGB patch grid ``[..., C, h, w]`` to ``out_size`` by adaptive average pooling (M3DM; 28 -> 56 is a
     nearest 2x upsample). This is the correct pairing of RGB and point patches used for fusion training
-    too (the official training pairs are scrambled by a repeat/reshape, reference note §3)."""
+    too (the official training pairs are scrambled by a repeat/reshape, ``docs/official-code/m3dm.md`` §3)."""
     return F.adaptive_avg_pool2d(grid, out_size)

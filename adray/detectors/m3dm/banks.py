@@ -8,8 +8,11 @@ A bank holds coreset-selected, scalar-normalised patch features. A test grid is 
 - map: the patch-score grid, bilinear to the output size (align_corners=False), Gaussian blur (sigma 4 at 224).
 
 Departures, on purpose: each bank is normalised by its *own* scalar mean / std (official: crossed
-statistics between banks, issue #18); the XYZ bank keeps foreground rows plus one all-zero (background)
-row, as the official code does after its coreset; maps are not quantised to 8 bits before the blur.
+statistics between banks, issue #18); the XYZ coreset is taken over the foreground rows only (any
+nonzero value) and one all-zero (background) row is appended, so its ratio counts foreground patches;
+the official code takes 10 % of *all* patches, background included, then drops every selected row with a
+zero in it and appends the zero row (``docs/official-code/m3dm.md`` §4.1); maps are not quantised to 8 bits
+before the blur.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ class M3DMConfig:
     ``mode``: ``rgb`` (DINO bank only), ``xyz`` (Point-MAE bank only) or ``rgb+xyz`` (both banks and
     decision-layer fusion, plus the UFF fused bank when ``fusion`` is true: the full method).
     Coreset ratios: the paper's f = 0.1 for every bank (the official code's effective 4% / 10% / 1% for
-    rgb / xyz / fused comes from a size computed on the wrong bank, reference note §4.1).
+    rgb / xyz / fused comes from a size computed on the wrong bank, ``docs/official-code/m3dm.md`` §4.1).
     """
 
     category: str

@@ -9,7 +9,7 @@ foreground patch of the batch a negative, scaled by 2T as in the official code. 
 Departures from the official code, on purpose:
 
 - training pairs are built with the correct 28 -> 56 RGB upsampling (:func:`paired_patches`); the official
-  feature dump scrambles the RGB rows, so only ~0.3% of pairs were spatially matched (reference note §3);
+  feature dump scrambles the RGB rows, so only ~0.3% of pairs were spatially matched (``docs/official-code/m3dm.md`` §3);
 - the loss needs no process group and has no rank-offset labels: under DDP each rank contrasts its own
   patches and gradients are averaged (the official label offset without an all-gather is wrong for >1 GPU);
 - a patch is foreground when its point feature is not all-zero (any point landed in it); the official

@@ -1,6 +1,6 @@
 """WinCLIP and WinCLIP+ (Jeong et al., "WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation",
 CVPR 2023, arXiv 2303.14814) as an adray detector. There is no official code; we follow the paper, checked
-against anomalib 2.x and Accurate-WinCLIP (see /work/shared/reference/winclip.md and README.md here).
+against anomalib 2.x and Accurate-WinCLIP (see docs/official-code/winclip.md and README.md here).
 
 One forward per batch: the full-image pass gives the image embedding (image-level language score) and the
 patch tokens (WinCLIP+), and its embedded tokens feed every 2x2 and 3x3 window, batched across windows and
