@@ -17,10 +17,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "score an archive with one or more detectors on Ray; Parquet + mask PNGs out"),
     "reinspect": ("reinspect", "score only new or changed items (backlog re-inspection)"),
     "runs": ("runs", "repair a run whose files conflict, or show who holds a run id's lease"),
-    "query": ("query", "run DuckDB SQL over committed results (views: results, latest_scores, runs)"),
+    "query": ("query", "DuckDB SQL over committed results (results, latest_scores, runs, latest_labels ...)"),
     "fit-bgad": ("fit_bgad", "fit a BGAD detector with Ray Train"),
     "build-m3dm": ("build_m3dm", "build an M3DM detector (features, fusion, memory banks) with Ray"),
     "evaluate": ("evaluate", "evaluate results against ground truth; JSON + HTML report"),
+    "labels": ("labels", "import labels (CSV / Parquet) into a results root; list the latest"),
     "benchmark": ("benchmark", "run the benchmarks (winclip, pipeline, bgad-fit, m3dm, all)"),
     "demo": ("demo", "generate a demo archive, score it and query the results"),
 }

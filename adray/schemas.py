@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_NAMES = ("manifest", "results", "run_record", "artifact")
+SCHEMA_NAMES = ("manifest", "results", "run_record", "artifact", "labels")
 SCHEMA_VERSION = 1
 
 _SIMPLE_TYPES: dict[str, pa.DataType] = {

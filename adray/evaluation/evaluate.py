@@ -42,6 +42,7 @@ from adray.evaluation.join import (
 from adray.evaluation.published import DATASET_NAMES, default_setting, published_for, recognise_dataset
 from adray.io.images import resize_mask
 from adray.io.masks import decode_map_png16, read_ground_truth_mask, resize_map
+from adray.labels import latest_labels
 
 log = logging.getLogger(__name__)
 IMAGE_METRICS = ("image_auroc", "aupr", "f1_max")
@@ -102,7 +103,8 @@ def evaluate(
         )
     manifest = load_manifest(input_uri)
     exclusions = collect_fit_exclusions(artifacts, records)
-    frame, report = join_ground_truth(results, manifest, exclusions)
+    labels = latest_labels(results_root).to_pandas()  # ground truth for items the manifest has none for
+    frame, report = join_ground_truth(results, manifest, exclusions, labels)
     if dataset == "auto":
         dataset = recognise_dataset(manifest["category"].dropna().unique())
     doc = evaluate_frame(frame, config, dataset=dataset, exclusions=exclusions)
@@ -112,6 +114,7 @@ def evaluate(
         runs=sorted({str(r) for r in results["run_id"].unique()}),
         join=report.to_dict(),
         fit_exclusions={"n_items": len(exclusions.item_ids), "sources": exclusions.by_source},
+        labels={"n_items": len(labels), "used": report.from_labels},
     )
     return doc
 

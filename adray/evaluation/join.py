@@ -3,7 +3,10 @@
 - Results come from :func:`adray.pipeline.query.connect` (committed runs only): the latest row per
   ``(item_id, detector)``, optionally restricted to some runs or detectors.
 - Ground truth (``label``, ``defect_type``, ``gt_mask_uri``, ``split``) comes from the manifest given with
-  ``--input`` (a manifest file, or a dataset prefix that is catalogued on the fly).
+  ``--input`` (a manifest file, or a dataset prefix that is catalogued on the fly). An item the manifest
+  has no label for takes the latest imported label of the results root (:mod:`adray.labels`):
+  ``anomalous`` -> 1, ``normal`` -> 0, its ``mask_uri`` as pixel ground truth where the manifest has no
+  mask, its ``defect_type`` (``good`` for normal). A manifest label always wins over an imported one.
 - Fit exclusions: every item id under an artifact metadata key ending in ``_item_ids`` (BGAD
   ``anomaly_item_ids``, WinCLIP+ ``reference_item_ids``, M3DM ``bank_item_ids`` / ``dlf_item_ids``), from
   ``--artifact`` URIs and from the artifacts a run record names (its ``config.detectors`` URIs, or an
@@ -67,6 +70,7 @@ class JoinReport:
     unlabelled: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     unscored: dict[str, int] = field(default_factory=dict)
+    from_labels: dict[str, int] = field(default_factory=dict)  # evaluated rows whose label was imported
     fit_sources: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,11 +164,36 @@ def collect_fit_exclusions(
     return out
 
 
+def apply_labels(manifest: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame:
+    """The manifest with ground truth filled from imported labels (``schemas/labels`` rows, the latest per
+    item) where its ``label`` is null; column ``gt_source`` says ``manifest``, ``labels`` or null."""
+    out = manifest.copy()
+    out["gt_source"] = out["label"].notna().map({True: "manifest", False: None})
+    if labels is None or labels.empty:
+        return out
+    lab = labels.drop_duplicates("item_id", keep="first").set_index("item_id")
+    fill = out["label"].isna() & out["item_id"].isin(lab.index)
+    ids = out.loc[fill, "item_id"]
+    value = ids.map(lab["label"].map({"normal": 0, "anomalous": 1}))
+    out.loc[fill, "label"] = value.to_numpy(dtype=float)
+    no_mask = fill & out["gt_mask_uri"].isna()
+    out.loc[no_mask, "gt_mask_uri"] = out.loc[no_mask, "item_id"].map(lab["mask_uri"])
+    defect = ids.map(lab["defect_type"]).where(lambda d: d.notna(), value.map({0: "good"}))
+    out.loc[fill, "defect_type"] = defect.to_numpy(dtype=object)
+    out.loc[fill, "gt_source"] = "labels"
+    return out
+
+
 def join_ground_truth(
-    results: pd.DataFrame, manifest: pd.DataFrame, exclusions: FitExclusions
+    results: pd.DataFrame,
+    manifest: pd.DataFrame,
+    exclusions: FitExclusions,
+    labels: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, JoinReport]:
-    """Rows to evaluate: scored ``ok``, in the manifest, labelled, not train, not used for fitting."""
+    """Rows to evaluate: scored ``ok``, in the manifest, labelled (by the manifest, else by ``labels``: the
+    latest imported label per item, see :func:`apply_labels`), not train, not used for fitting."""
     report = JoinReport(n_results=len(results), fit_sources=dict(exclusions.by_source))
+    manifest = apply_labels(manifest, labels)
     gt = manifest.rename(columns={"uri": "manifest_uri", "label": "gt_label", "category": "gt_category"})
     df = results.merge(gt, on="item_id", how="left", indicator=True)
     df["label"] = df["gt_label"]
@@ -189,6 +218,8 @@ def join_ground_truth(
     )
     out = df[keep].drop(columns=["_merge", "gt_label", "gt_category", "manifest_uri"]).copy()
     out["label"] = out["label"].astype(int)
+    for det, part in out.groupby("detector"):
+        report.from_labels[det] = int((part["gt_source"] == "labels").sum())
     return out.reset_index(drop=True), report
 
 

@@ -2,7 +2,9 @@
 
 - ``results``: every row of committed runs (``runs/<run_id>.json`` exists with ``status = 'committed'``);
 - ``runs``: one row per run record (counts flattened, detectors as JSON text);
-- ``latest_scores``: the latest row per ``(item_id, detector)`` among committed results.
+- ``latest_scores``: the latest row per ``(item_id, detector)`` among committed results;
+- ``labels`` / ``latest_labels``: the imported labels (``schemas/labels``) and the latest one per item
+  (:mod:`adray.labels`).
 
 Object storage goes through the s3fs filesystem registered with DuckDB (``register_filesystem``), so no
 ``httpfs`` extension download is needed. Result files are named ``<run_id>.<write uuid>_...parquet``;
@@ -19,12 +21,14 @@ import duckdb
 import pyarrow as pa
 
 from adray import schemas, storage
+from adray.labels import create_views as create_label_views
 
 RUN_FILE_SEPARATOR = "."
 
 
 def connect(root: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the ``results``, ``runs`` and ``latest_scores`` views of ``root``."""
+    """An in-memory DuckDB connection with the ``results``, ``runs``, ``latest_scores``, ``labels`` and
+    ``latest_labels`` views of ``root``."""
     con = duckdb.connect()
     loc = storage.resolve(root)
     if loc.protocol != "file":
@@ -50,6 +54,7 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
         "CREATE VIEW latest_scores AS SELECT * FROM results "
         "QUALIFY row_number() OVER (PARTITION BY item_id, detector ORDER BY scored_at DESC, run_id DESC) = 1"
     )
+    create_label_views(con, root)
     return con
 
 
