@@ -98,21 +98,26 @@ def make_rgb_sample(
 
 
 def make_xyz_sample(
-    category: str, defect: str | None, size: int, rng: np.random.Generator
+    category: str, defect: str | None, size: int, rng: np.random.Generator, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One 3D item: ``(rgb uint8 [H,W,3], xyz float32 [H,W,3] in mm, zeros = missing, mask bool [H,W])``."""
+    """One 3D item: ``(rgb uint8 [H,W,3], xyz float32 [H,W,3] in mm, zeros = missing, mask bool [H,W])``.
+
+    ``H = size``, ``W = width`` (default ``size``: square). A non-square scan is the same kind of scene
+    on a wider or taller field of view: the object is centred and sized by the shorter side, which spans
+    ``SCENE_WIDTH_MM``; a square scan is exactly what it was before the option existed.
+    """
     if category not in CATEGORIES_3D:
         raise ValueError(f"unknown 3D category {category!r}; choose from {CATEGORIES_3D}")
     base_rng, defect_rng = _split_rng(rng)
-    n = _check_size(size)
-    rgb, height, fg, plane_z, missing = _render_3d(category, n, base_rng)
-    mask = np.zeros((n, n), dtype=bool)
+    shape = (_check_size(size), _check_size(size if width is None else width))
+    rgb, height, fg, plane_z, missing = _render_3d(category, shape, base_rng)
+    mask = np.zeros(shape, dtype=bool)
     if defect not in (None, GOOD):
         if defect not in DEFECTS_3D:
             raise ValueError(f"unknown 3D defect {defect!r}; choose from {DEFECTS_3D}")
         mask = _apply_3d_defect(rgb, height, fg, defect, defect_rng)
-    noise = base_rng.standard_normal((n, n)) * 0.01
-    xyz = np.stack([*_xy_mm(n), plane_z - height + noise], axis=-1).astype(np.float32)
+    noise = base_rng.standard_normal(shape) * 0.01
+    xyz = np.stack([*_xy_mm(shape), plane_z - height + noise], axis=-1).astype(np.float32)
     xyz[missing] = 0.0
     return _to_uint8(rgb), xyz, mask
 
@@ -156,6 +161,7 @@ def generate_mvtec_3d(
     *,
     categories: tuple[str, ...] | list[str] = ("cookie",),
     image_size: int = 64,
+    image_width: int | None = None,
     n_train: int = 8,
     n_validation: int = 4,
     n_test_good: int = 4,
@@ -167,6 +173,7 @@ def generate_mvtec_3d(
 
     ``<cat>/{train,validation,test}/<defect|good>/{rgb/000.png, xyz/000.tiff, gt/000.png}``; xyz is a
     float32 ``[H, W, 3]`` TIFF (tifffile), gt a 0/255 PNG (all zero for good items, as in MVTec 3D-AD).
+    ``H = image_size``, ``W = image_width`` (default: square); see :func:`make_xyz_sample`.
     """
     summary = SynthSummary(root=url, layout="mvtec3d")
     for category in categories:
@@ -177,7 +184,7 @@ def generate_mvtec_3d(
         jobs += [("test", d, i) for d in kinds for i in range(n_test_per_defect)]
         for split, defect, i in jobs:
             rng = _item_rng(seed, category, split, defect, i)
-            rgb, xyz, mask = make_xyz_sample(category, defect, image_size, rng)
+            rgb, xyz, mask = make_xyz_sample(category, defect, image_size, rng, image_width)
             folder = storage.join_url(url, category, split, defect)
             _put(summary, storage.join_url(folder, "rgb", f"{i:03d}.png"), _png(rgb))
             _put(summary, storage.join_url(folder, "xyz", f"{i:03d}.tiff"), _tiff(xyz))
@@ -243,14 +250,20 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ 2D rendering
 
 
-def _coords(n: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:n, 0:n]
+def _shape(n: int | tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` of a grid given as a side (square) or a shape."""
+    return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+
+
+def _coords(n: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = _shape(n)
+    yy, xx = np.mgrid[0:h, 0:w]
     return yy.astype(np.float64), xx.astype(np.float64)
 
 
-def _noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+def _noise(rng: np.random.Generator, n: int | tuple[int, int], sigma: float) -> np.ndarray:
     """Smooth noise with unit standard deviation (wrap-around, so textures have no border seam)."""
-    field_ = ndimage.gaussian_filter(rng.standard_normal((n, n)), sigma, mode="wrap")
+    field_ = ndimage.gaussian_filter(rng.standard_normal(_shape(n)), sigma, mode="wrap")
     return field_ / (field_.std() + 1e-12)
 
 
@@ -344,12 +357,12 @@ def _interior(fg: np.ndarray, margin: int) -> np.ndarray:
     return inner & eroded
 
 
-def _disc(n: int, cy: float, cx: float, radius: float) -> np.ndarray:
+def _disc(n: int | tuple[int, int], cy: float, cx: float, radius: float) -> np.ndarray:
     yy, xx = _coords(n)
     return np.hypot(yy - cy, xx - cx) <= radius
 
 
-def _curve(rng, n: int, allowed: np.ndarray, length: float, width: int) -> np.ndarray:
+def _curve(rng, n: int | tuple[int, int], allowed: np.ndarray, length: float, width: int) -> np.ndarray:
     """A slightly bent line (quadratic Bezier) through a point of ``allowed``, rasterised ``width`` wide."""
     cy, cx = _pick_center(rng, allowed)
     angle = rng.uniform(0, np.pi)
@@ -358,13 +371,13 @@ def _curve(rng, n: int, allowed: np.ndarray, length: float, width: int) -> np.nd
     p0, p1, p2 = np.array([cy, cx]) - d, np.array([cy, cx]) + bend, np.array([cy, cx]) + d
     t = np.linspace(0, 1, int(4 * length) + 2)[:, None]
     pts = np.rint((1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2).astype(int)
-    pts = pts[(pts >= 0).all(1) & (pts < n).all(1)]
-    line = np.zeros((n, n), bool)
+    pts = pts[(pts >= 0).all(1) & (pts < np.array(_shape(n))).all(1)]
+    line = np.zeros(_shape(n), bool)
     line[pts[:, 0], pts[:, 1]] = True
     return ndimage.binary_dilation(line, iterations=width - 1) if width > 1 else line
 
 
-def _blob(rng, n: int, allowed: np.ndarray, radius: float) -> np.ndarray:
+def _blob(rng, n: int | tuple[int, int], allowed: np.ndarray, radius: float) -> np.ndarray:
     """An irregular blob: a noisy ellipse around a point of ``allowed``."""
     cy, cx = _pick_center(rng, allowed)
     yy, xx = _coords(n)
@@ -405,20 +418,24 @@ def _apply_2d_defect(img, fg, background, defect: str, rng) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ 3D rendering
 
 
-def _xy_mm(n: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = _coords(n)
-    pitch = SCENE_WIDTH_MM / n
-    return (xx - n / 2) * pitch, (yy - n / 2) * pitch
+def _xy_mm(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    (h, w), yy_xx = shape, _coords(shape)
+    pitch = SCENE_WIDTH_MM / min(h, w)
+    return (yy_xx[1] - w / 2) * pitch, (yy_xx[0] - h / 2) * pitch
 
 
-def _render_3d(category: str, n: int, rng):
-    """rgb (float), object height above the plane (mm), foreground, plane depth z (mm), missing points."""
-    yy, xx = _coords(n)
-    cy, cx = n / 2 + rng.uniform(-0.04, 0.04, 2) * n
+def _render_3d(category: str, shape: tuple[int, int], rng):
+    """rgb (float), object height above the plane (mm), foreground, plane depth z (mm), missing points.
+
+    Sizes follow the shorter side ``n``; the object is centred on the ``H x W`` grid."""
+    h, w = shape
+    n = min(h, w)
+    yy, xx = _coords(shape)
+    cy, cx = np.array([h / 2, w / 2]) + rng.uniform(-0.04, 0.04, 2) * n
     if category == "cookie":
         q = (np.hypot(yy - cy, xx - cx) / (0.33 * n)) ** 2
         height = 5.0 * np.sqrt(np.clip(1 - q**2, 0, None))
-        chips = _noise(rng, n, max(1.0, n / 40)) > 1.5
+        chips = _noise(rng, shape, max(1.0, n / 40)) > 1.5
         color = np.where(chips[..., None], [75, 45, 30], [195, 145, 85])
     else:  # potato
         a = rng.uniform(0, np.pi)
@@ -426,38 +443,39 @@ def _render_3d(category: str, n: int, rng):
         v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
         q = (u / (0.38 * n)) ** 2 + (v / (0.26 * n)) ** 2
         height = 8.0 * np.sqrt(np.clip(1 - q, 0, None))
-        color = np.array([200, 170, 110]) * (1 + 0.06 * _noise(rng, n, 1.0))[..., None]
+        color = np.array([200, 170, 110]) * (1 + 0.06 * _noise(rng, shape, 1.0))[..., None]
     fg = q < 1.0
-    height = height + 0.03 * _noise(rng, n, 1.5) * fg
+    height = height + 0.03 * _noise(rng, shape, 1.5) * fg
     gy, gx = np.gradient(height, SCENE_WIDTH_MM / n)
     normal_z = 1 / np.sqrt(1 + gx**2 + gy**2)
     light = np.array([0.3, -0.4, 1.0]) / np.linalg.norm([0.3, -0.4, 1.0])
     shade = 0.35 + 0.65 * np.clip((-gx * light[0] - gy * light[1] + light[2]) * normal_z, 0, 1)
-    background = _tint(150 + 6 * _noise(rng, n, 1.0), [1.0, 1.0, 1.0])
+    background = _tint(150 + 6 * _noise(rng, shape, 1.0), [1.0, 1.0, 1.0])
     rgb = np.where(fg[..., None], color * shade[..., None], background)
-    x, y = _xy_mm(n)
+    x, y = _xy_mm(shape)
     tilt_x, tilt_y = rng.uniform(-0.15, 0.15, 2)
     plane_z = 500.0 + tilt_x * x + tilt_y * y
-    missing = np.zeros((n, n), bool)
+    missing = np.zeros(shape, bool)
     top, bottom, left, right = rng.integers(0, max(2, n // 16), 4)
     top = max(int(top), 1)
     missing[:top] = True
-    missing[n - bottom :] = True
+    missing[h - bottom :] = True
     missing[:, :left] = True
-    missing[:, n - right :] = True
+    missing[:, w - right :] = True
     for _ in range(int(rng.integers(2, 5))):
-        missing |= _disc(n, *rng.uniform(0, n, 2), rng.uniform(0.8, 2.0))
+        missing |= _disc(shape, *(rng.uniform(0, 1, 2) * np.array([h, w])), rng.uniform(0.8, 2.0))
     return rgb, height, fg, plane_z, missing
 
 
 def _apply_3d_defect(rgb, height, fg, defect: str, rng) -> np.ndarray:
     """Deform ``height`` and/or recolour ``rgb`` in place; return the ground-truth mask."""
-    n = rgb.shape[0]
+    shape = rgb.shape[:2]
+    n = min(shape)
     allowed = _interior(fg, max(2, n // 8))
     if defect in ("dent", "bump", "dent_3d_only", "bump_3d_only"):
         radius = max(2.5, rng.uniform(0.07, 0.11) * n)
         cy, cx = _pick_center(rng, allowed)
-        yy, xx = _coords(n)
+        yy, xx = _coords(shape)
         r = np.hypot(yy - cy, xx - cx) / radius
         mask = (r < 1) & fg
         weight = np.where(mask, (1 - np.minimum(r, 1) ** 2) ** 2, 0.0)
@@ -466,11 +484,11 @@ def _apply_3d_defect(rgb, height, fg, defect: str, rng) -> np.ndarray:
         if not defect.endswith("_3d_only"):
             rgb *= (1 + sign * 0.35 * weight)[..., None]
     elif defect == "crack":
-        mask = _curve(rng, n, allowed, rng.uniform(0.25, 0.4) * n, 1) & fg
+        mask = _curve(rng, shape, allowed, rng.uniform(0.25, 0.4) * n, 1) & fg
         rgb[mask] *= 0.3
         height[mask] -= 0.4
     elif defect == "color":
-        mask = _blob(rng, n, allowed, max(2.5, rng.uniform(0.06, 0.1) * n)) & fg
+        mask = _blob(rng, shape, allowed, max(2.5, rng.uniform(0.06, 0.1) * n)) & fg
         rgb[mask] = 0.4 * rgb[mask] + 0.6 * np.array([[60, 110, 60], [170, 40, 40]])[rng.integers(2)]
     else:  # pragma: no cover - callers validate
         raise ValueError(defect)

@@ -12,6 +12,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="destination URL or path (local, file://, s3://...)")
     parser.add_argument("--layout", choices=("mvtec", "mvtec3d", "both"), default="mvtec")
     parser.add_argument("--size", type=int, default=None, help="image size (default 128 for 2D, 64 for 3D)")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="3D layout only: scan width for non-square scans (--size is then the height; default: square)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--categories",
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         url = storage.join_url(args.output, "mvtec3d") if args.layout == "both" else args.output
         kwargs = dict(counts, seed=args.seed, image_size=args.size or 64, defects=defects)
         kwargs["n_validation"] = args.n_validation
+        kwargs["image_width"] = args.width
         if chosen:
             kwargs["categories"] = _for_layout(chosen, CATEGORIES_3D, args.layout)
         print(generate_mvtec_3d(url, **kwargs).to_text())

@@ -8,6 +8,9 @@ decodes to ``map_min + p / 65535 * (map_max - map_min)`` (the ``map_min`` / ``ma
 holds them exactly and the decoded map is within ``(map_max - map_min) / 65535`` of the original. A
 constant map encodes as all zeros with ``map_min == map_max``.
 
+A detector's map is on its model grid; :func:`map_to_image` brings it to the image's own pixels (a
+resize, after cutting off any padding the preprocessing added: :data:`MAP_FRAME_KEY`).
+
 Mask keys derive from ``(detector_version, item_id)`` only, so a retried or repeated scoring of an item
 by the same detector overwrites its map instead of leaving orphans.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -80,6 +84,35 @@ def resize_map(amap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.nda
         batch = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False)
     out = batch[:, 0].cpu().numpy()
     return out[0] if squeeze else out
+
+
+#: Optional key of a detector's ``preprocess`` output: int ``[4]`` = ``(canvas_h, canvas_w, top, left)``
+#: in image pixels, when the model's grid covers a canvas larger than the image (M3DM pads scans to a
+#: square). The pipeline's decode stage takes it out of the arrays, carries it with the item and the last
+#: stage brings the map back with :func:`map_to_image`. Absent: the grid covers the image (a plain resize).
+MAP_FRAME_KEY = "map_frame"
+
+
+def map_to_image(
+    amap: np.ndarray | torch.Tensor, size: tuple[int, int], frame: Sequence[int] | None = None
+) -> np.ndarray:
+    """A model-grid map ``[h, w]`` (or ``[N, h, w]``) in the image's own pixels, float32 ``size = (H, W)``.
+
+    ``frame = (canvas_h, canvas_w, top, left)`` (:data:`MAP_FRAME_KEY`): the map covers a
+    ``canvas_h x canvas_w`` canvas (in image pixels) on which the image sits at ``(top, left)``, as after
+    M3DM's zero-padding of a scan to a square (the official preprocessing); the map is resized bilinearly
+    to the canvas (:func:`resize_map`) and the image's ``H x W`` window cut out, so the padding never
+    stretches the map. ``None``: the map covers the image, a plain :func:`resize_map`. Raises
+    ``ValueError`` for a frame that does not hold the image.
+    """
+    height, width = (int(s) for s in size)
+    if frame is None:
+        return resize_map(amap, (height, width))
+    canvas_h, canvas_w, top, left = (int(v) for v in frame)
+    if top < 0 or left < 0 or top + height > canvas_h or left + width > canvas_w:
+        raise ValueError(f"map frame {tuple(frame)} does not hold a {height}x{width} image")
+    canvas = resize_map(amap, (canvas_h, canvas_w))
+    return np.ascontiguousarray(canvas[..., top : top + height, left : left + width])
 
 
 def mask_key(detector_version: str, item_id: str) -> str:

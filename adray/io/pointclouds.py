@@ -13,8 +13,11 @@ more than ``max_points`` declared is ``too_large``, a header declaring more data
 ``corrupt`` as well: :func:`decode_pointcloud` raises :class:`PointCloudDecodeError` and nothing else
 (except ``MemoryError``). Messages describe the bytes (size, format name) and never quote them.
 
-:func:`to_organised` rasterises an unorganised cloud onto an ``[S, S, 3]`` grid (orthographic along z),
-which is what the organised-cloud detectors (M3DM) take.
+:func:`to_organised` rasterises an unorganised cloud onto an ``[H, W, 3]`` grid (orthographic along z),
+which is what the organised-cloud detectors (M3DM) take. :func:`decode_scan_pointcloud` is the one reader
+of an item's cloud for building and for scoring alike: organised clouds must be on their image's pixel
+grid, unorganised ones (``[N, 3]``: PLY, PCD, NPY) are rasterised onto it, so whatever can be fitted can
+be scored.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ __all__ = [
     "SUFFIXES",
     "PointCloudDecodeError",
     "decode_pointcloud",
+    "decode_scan_pointcloud",
+    "organise_for_image",
     "read_pointcloud",
     "to_organised",
     "valid_mask",
@@ -82,28 +87,62 @@ def read_pointcloud(uri: str, *, max_points: int = DEFAULT_MAX_POINTS) -> np.nda
     return decode_pointcloud(storage.read_bytes(uri), uri, max_points=max_points)
 
 
-def to_organised(points: np.ndarray, size: int = 224) -> np.ndarray:
-    """Rasterise an ``[N, 3]`` cloud onto a ``[size, size, 3]`` grid (zeros where no point falls).
+def to_organised(points: np.ndarray, size: int | tuple[int, int] = 224) -> np.ndarray:
+    """Rasterise an ``[N, 3]`` cloud onto a ``[H, W, 3]`` grid (zeros where no point falls).
 
-    The x/y extent of the valid points is mapped onto the grid with equal scale on both axes (centred);
-    where several points fall in one cell, the one with the smallest z (closest to a camera looking
-    down +z) wins. Organised ``[H, W, 3]`` input is returned unchanged.
+    ``size`` is ``S`` (a square grid) or ``(H, W)``. The x/y extent of the valid points is fitted into the
+    grid with equal scale on both axes (x along columns, y along rows), centred; where several points fall
+    in one cell, the one with the smallest z (closest to a camera looking down +z) wins. Organised
+    ``[H, W, 3]`` input is returned unchanged.
     """
     if points.ndim == 3:
         return points
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     pts = pts[np.any(pts != 0, axis=1)]
-    grid = np.zeros((size, size, 3), dtype=np.float32)
+    grid = np.zeros((h, w, 3), dtype=np.float32)
     if len(pts) == 0:
         return grid
     lo = pts[:, :2].min(axis=0)
-    span = float((pts[:, :2].max(axis=0) - lo).max()) or 1.0
-    offset = (span - (pts[:, :2].max(axis=0) - lo)) / 2
-    cells = np.clip(((pts[:, :2] - lo + offset) / span * (size - 1)).round().astype(np.int64), 0, size - 1)
+    extent = pts[:, :2].max(axis=0) - lo  # (x, y)
+    cells_wide = np.array([max(w - 1, 1), max(h - 1, 1)], dtype=np.float64)
+    step = float((extent / cells_wide).max()) or 1.0  # scene units per cell, the same on both axes
+    offset = (cells_wide - extent / step) / 2
+    cells = ((pts[:, :2] - lo) / step + offset).round().astype(np.int64)
+    cells = np.clip(cells, 0, np.array([w - 1, h - 1]))
     order = np.argsort(-pts[:, 2], kind="stable")  # later writes win: the smallest z is written last
-    flat = cells[order, 1] * size + cells[order, 0]
+    flat = cells[order, 1] * w + cells[order, 0]
     grid.reshape(-1, 3)[flat] = pts[order]
     return grid
+
+
+def organise_for_image(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The organised ``[H, W, 3]`` cloud of an item whose image is ``shape = (H, W, ...)``.
+
+    An organised cloud must be on the image's pixel grid (raises :class:`PointCloudDecodeError` ``shape``
+    otherwise); an unorganised ``[N, 3]`` cloud is rasterised onto it with :func:`to_organised`.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if points.ndim == 3:
+        if points.shape[:2] != (h, w):
+            raise PointCloudDecodeError("shape", f"grid {points.shape[:2]} does not match the image {(h, w)}")
+        return points
+    return to_organised(points, (h, w))
+
+
+def decode_scan_pointcloud(
+    data: bytes, name: str, image_shape: tuple[int, ...], *, max_points: int = DEFAULT_MAX_POINTS
+) -> np.ndarray:
+    """Decode an item's point cloud onto its image's grid: float32 ``[H, W, 3]``, zeros = no point.
+
+    The one reader for building and scoring: :func:`decode_pointcloud`, then :func:`organise_for_image`.
+    Raises :class:`PointCloudDecodeError` as :func:`decode_pointcloud` does, ``shape`` for an organised
+    cloud on another grid than the image, ``empty`` when no valid point is left.
+    """
+    xyz = organise_for_image(decode_pointcloud(data, name, max_points=max_points), image_shape)
+    if not valid_mask(xyz).any():
+        raise PointCloudDecodeError("empty", "has no valid points (all zero, NaN or inf)")
+    return xyz
 
 
 def valid_mask(xyz: np.ndarray) -> np.ndarray:
@@ -145,7 +184,8 @@ def _decode_tiff(data: bytes, name: str, max_points: int) -> np.ndarray:
             raise
         except Exception as e:
             raise PointCloudDecodeError(
-                "corrupt", f"TIFF {name!r} data is unreadable ({describe_exception(e)}; {describe_bytes(data)})"
+                "corrupt",
+                f"TIFF {name!r} data is unreadable ({describe_exception(e)}; {describe_bytes(data)})",
             ) from e
     return arr
 
@@ -176,7 +216,9 @@ def _decode_numpy(data: bytes, ext: str, name: str, max_points: int) -> np.ndarr
             with archive.open(member) as fp:
                 shape, dtype = headers.read_npy_header(fp)
                 available = archive.getinfo(member).file_size - fp.tell()
-            what = f".npz {name!r} array {key!r}" if key in NPZ_KEYS else f".npz {name!r}"  # names are content
+            what = (
+                f".npz {name!r} array {key!r}" if key in NPZ_KEYS else f".npz {name!r}"
+            )  # names are content
             headers.check_array(shape, dtype, available, max_points, what)
             with archive.open(member) as fp:
                 arr = np.lib.format.read_array(fp, allow_pickle=False)

@@ -13,7 +13,9 @@ failure, any exception at all while handling the item) gets ``status`` = its err
 ``error`` instead of raising, so one bad file never fails the task (which Ray would retry, then fail the
 run). Errors describe files by size and format name, never by their content (:mod:`adray.io.sniff`).
 Each row keeps the image's original ``(H, W)`` so the anomaly map can be resized back to input
-resolution before it is stored, and a ``note`` when decoding changed pixels in a way worth saying (an
+resolution before it is stored (``orig_h``, ``orig_w``, and ``map_frame`` where a detector's preprocessing
+placed the image on a larger canvas, as M3DM's square padding does: see
+:func:`adray.io.masks.map_to_image`), and a ``note`` when decoding changed pixels in a way worth saying (an
 image scaled from fewer significant bits than stored).
 
 Images stored with more than 8 bits are scaled from ``bit_depth`` bits: the item's ``bit_depth`` manifest
@@ -36,7 +38,8 @@ import safetensors.numpy
 
 from adray import storage
 from adray.io.images import ImageDecodeError, decode_image_noted
-from adray.io.pointclouds import DEFAULT_MAX_POINTS, PointCloudDecodeError, decode_pointcloud, valid_mask
+from adray.io.masks import MAP_FRAME_KEY
+from adray.io.pointclouds import DEFAULT_MAX_POINTS, PointCloudDecodeError, decode_scan_pointcloud
 from adray.io.sniff import describe_bytes, describe_exception
 from adray.pipeline.detector_set import cached_detector_set
 from adray.pipeline.spec import DetectorSpec
@@ -94,6 +97,7 @@ def decode_batch(
     packed: list[bytes | None] = [None] * n
     height = [0] * n
     width = [0] * n
+    map_frame: list[list[int] | None] = [None] * n
     depths = (
         batch.column(BIT_DEPTH_COLUMN).to_pylist() if BIT_DEPTH_COLUMN in batch.column_names else [None] * n
     )
@@ -152,7 +156,10 @@ def decode_batch(
                 height[i], width[i] = sample["image"].shape[:2]
                 sample["category"], sample["item_id"] = categories[i], item_ids[i]
                 try:
-                    packed[i] = pack_arrays(detectors.preprocess(categories[i], sample))
+                    arrays = dict(detectors.preprocess(categories[i], sample))
+                    frame = arrays.pop(MAP_FRAME_KEY, None)  # where the image sits on the model's grid
+                    map_frame[i] = None if frame is None else [int(v) for v in np.asarray(frame).ravel()]
+                    packed[i] = pack_arrays(arrays)
                 except Exception as e:  # a detector's preprocess must not take the whole batch down
                     text = storage.redact_text(f"preprocess failed: {type(e).__name__}: {e}")
                     problem = ("error", text[:_MAX_ERROR_CHARS])
@@ -171,6 +178,7 @@ def decode_batch(
         ("pre", packed, pa.binary()),
         ("orig_h", height, pa.int32()),
         ("orig_w", width, pa.int32()),
+        ("map_frame", map_frame, pa.list_(pa.int32())),
     ):
         out = out.append_column(name, pa.array(values, typ))
     return out
@@ -254,7 +262,8 @@ def decode_sample(
 ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     """Decode one item: ``(sample, None)`` or ``(None, (status, error))``; never raises for bad bytes.
 
-    ``sample`` holds ``image`` (uint8 ``[H, W, 3]``), ``xyz`` (float32 ``[H, W, 3]``) when ``needs_xyz``,
+    ``sample`` holds ``image`` (uint8 ``[H, W, 3]``), ``xyz`` (float32 ``[H, W, 3]``; an unorganised cloud
+    rasterised onto the image's grid, :func:`adray.io.pointclouds.decode_scan_pointcloud`) when ``needs_xyz``,
     and ``note`` (str or None, see :func:`adray.io.images.decode_image_noted`). An unexpected exception of
     a decoder becomes ``corrupt`` (the same bytes would fail again), a ``MemoryError`` ``error`` (retryable).
     """
@@ -274,21 +283,12 @@ def decode_sample(
     if pc_bytes is None:
         return None, ("not_found", f"point cloud {pc_uri} does not exist")
     pc_data = bytes(pc_bytes)
-    try:
-        xyz = decode_pointcloud(pc_data, str(pc_uri), max_points=max_points)
+    try:  # the reader the M3DM build uses too: an unorganised cloud is rasterised onto the image grid
+        xyz = decode_scan_pointcloud(pc_data, str(pc_uri), image.shape, max_points=max_points)
     except PointCloudDecodeError as e:
         return None, (_POINTCLOUD_STATUS.get(e.kind, "corrupt"), f"{pc_uri}: point cloud {e}")
     except Exception as e:
         return None, _unexpected(e, f"{pc_uri}: point cloud", pc_data)
-    if xyz.ndim != 3:
-        return None, ("corrupt", f"{pc_uri}: point cloud is unorganised {xyz.shape}; want [H, W, 3]")
-    if xyz.shape[:2] != image.shape[:2]:
-        return None, (
-            "corrupt",
-            f"{pc_uri}: point cloud grid {xyz.shape[:2]} does not match the image {image.shape[:2]}",
-        )
-    if not valid_mask(xyz).any():
-        return None, ("empty", f"{pc_uri}: point cloud has no valid points (all zero, NaN or inf)")
     sample["xyz"] = xyz
     return sample, None
 

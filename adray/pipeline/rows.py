@@ -1,8 +1,9 @@
 """Typed result rows and the run record.
 
-:func:`finalize_batch` is the last CPU stage of the graph: it resizes each anomaly map back to its
-item's original size, writes it as a 16-bit PNG to ``masks/detector_version=<v>/<item_id>.png`` (the key
-depends only on the detector version and the item, so retries and re-runs overwrite), and returns a
+:func:`finalize_batch` is the last CPU stage of the graph: it brings each anomaly map back to its
+item's original pixels (:func:`adray.io.masks.map_to_image`: padding the preprocessing added, as M3DM's
+square padding, is cut off before the resize), writes it as a 16-bit PNG to
+``masks/detector_version=<v>/<item_id>.png`` (the key depends only on the detector version and the item, so retries and re-runs overwrite), and returns a
 pyarrow table with exactly the ``results`` schema, so all-null columns keep their types in Parquet.
 
 :func:`build_run_record` / :func:`write_run_record` make ``runs/<run_id>.json``, validated against
@@ -21,7 +22,7 @@ import pyarrow as pa
 
 from adray import __version__ as adray_version
 from adray import schemas, storage
-from adray.io.masks import encode_map_png16, mask_key, resize_map
+from adray.io.masks import encode_map_png16, map_to_image, mask_key
 
 #: Result columns in the order of ``schemas/results``.
 RESULT_FIELDS = tuple(schemas.load_schema("results").names)
@@ -42,10 +43,11 @@ def finalize_batch(
     map_min: list[float | None] = [None] * n
     map_max: list[float | None] = [None] * n
     status, error = list(cols["status"]), list(cols["error"])
+    frames = cols.get("map_frame", [None] * n)  # M3DM's pad offsets: the map in the scan's own pixels
 
     def store(i: int) -> None:
         m = np.frombuffer(maps[i], dtype=np.float32).reshape(cols["map_h"][i], cols["map_w"][i]).copy()
-        m = resize_map(m, (int(cols["orig_h"][i]), int(cols["orig_w"][i])))
+        m = map_to_image(m, (int(cols["orig_h"][i]), int(cols["orig_w"][i])), frames[i])
         png, lo, hi = encode_map_png16(m)
         url = storage.join_url(output, mask_key(cols["detector_version"][i], cols["item_id"][i]))
         if write_masks:
@@ -58,7 +60,10 @@ def finalize_batch(
     for i, fut in futures.items():
         exc = fut.exception()
         if exc is not None:
-            status[i], error[i] = "error", f"mask write failed: {type(exc).__name__}: {storage.redact_text(str(exc))}"
+            status[i], error[i] = (
+                "error",
+                f"mask write failed: {type(exc).__name__}: {storage.redact_text(str(exc))}",
+            )
 
     score = [s if st == "ok" else None for s, st in zip(cols["image_score"], status)]
     thr = cols["threshold"]
@@ -94,7 +99,8 @@ def results_table(data: dict[str, list[Any]]) -> pa.Table:
     schema = schemas.load_schema("results")
     n = len(data["run_id"])
     arrays = [
-        pa.array(data[f.name] if f.name in data or not f.nullable else [None] * n, type=f.type) for f in schema
+        pa.array(data[f.name] if f.name in data or not f.nullable else [None] * n, type=f.type)
+        for f in schema
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
 

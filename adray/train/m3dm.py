@@ -119,12 +119,11 @@ class FeatureActor:
 def read_sample(uri: str, pc_uri: str, config: M3DMConfig) -> dict[str, Any]:
     from adray import storage
     from adray.io.images import decode_image
-    from adray.io.pointclouds import decode_pointcloud, to_organised
+    from adray.io.pointclouds import decode_scan_pointcloud
 
     sample: dict[str, Any] = {"image": decode_image(storage.read_bytes(uri))}
-    if config.uses_xyz:
-        xyz = decode_pointcloud(storage.read_bytes(pc_uri), pc_uri)
-        sample["xyz"] = to_organised(xyz, sample["image"].shape[0])
+    if config.uses_xyz:  # the scoring pipeline's reader: an unorganised cloud goes onto the image grid
+        sample["xyz"] = decode_scan_pointcloud(storage.read_bytes(pc_uri), pc_uri, sample["image"].shape)
     return sample
 
 

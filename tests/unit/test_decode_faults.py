@@ -122,13 +122,13 @@ def test_max_points_reaches_the_point_cloud_decoder(tmp_path):
 def test_any_exception_of_a_decoder_becomes_the_items_row(tmp_path, monkeypatch, raised, status, said):
     rows = sup.write_good_items(str(tmp_path), 3, with_pc=True)
 
-    def decode_pointcloud(data, name, **kw):
+    def decode_scan_pointcloud(data, name, shape, **kw):
         if name.endswith("001.tiff"):
             raise raised
-        return real(data, name, **kw)
+        return real(data, name, shape, **kw)
 
-    real = decode_module.decode_pointcloud
-    monkeypatch.setattr(decode_module, "decode_pointcloud", decode_pointcloud)
+    real = decode_module.decode_scan_pointcloud
+    monkeypatch.setattr(decode_module, "decode_scan_pointcloud", decode_scan_pointcloud)
     out = decode_batch(_batch(rows, True), spec=XYZ, max_pixels=10**6, needs_xyz=True)
     assert out["status"].to_pylist() == ["ok", status, "ok"]
     assert said in out["error"][1].as_py()
@@ -198,7 +198,9 @@ def test_declared_bit_depth_run_flag_and_manifest_column(tmp_path):
     run16 = decode_batch(batch, spec=GREY, max_pixels=10**6, needs_xyz=False, bit_depth=16)
     assert run16["note"].to_pylist() == [None, None, None]
     column = {"bit_depth": pa.array([None, "16", "abc"], pa.string())}
-    mixed = decode_batch(_batch(rows, False, column), spec=GREY, max_pixels=10**6, needs_xyz=False, bit_depth=12)
+    mixed = decode_batch(
+        _batch(rows, False, column), spec=GREY, max_pixels=10**6, needs_xyz=False, bit_depth=12
+    )
     assert mixed["status"].to_pylist() == ["ok", "ok", "unsupported"]
     assert mixed["note"][0].as_py() == "16-bit image scaled from 12 significant bits (declared)"
     assert mixed["note"][1].as_py() is None  # the item's column wins over the run's flag

@@ -20,6 +20,7 @@ from adray.backbones.vit_features import ViTPatchGrid
 from adray.detectors.m3dm.alignment import align_points_to_grid
 from adray.detectors.m3dm.config import M3DMConfig
 from adray.detectors.m3dm.preprocessing import EmptyScanError, preprocess_scan
+from adray.io.masks import MAP_FRAME_KEY
 
 
 class MissingModalityError(ValueError):
@@ -29,7 +30,11 @@ class MissingModalityError(ValueError):
 def prepare_sample(
     sample: Mapping[str, Any], config: M3DMConfig, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> dict[str, np.ndarray]:
-    """``{"image": float32 [3, S, S]}`` and / or ``{"xyz": float32 [3, S, S]}`` (zeros = no point)."""
+    """``{"image": float32 [3, S, S]}`` and / or ``{"xyz": float32 [3, S, S]}`` (zeros = no point).
+
+    With xyz, also ``{MAP_FRAME_KEY: int32 [4]}`` (:data:`adray.io.masks.MAP_FRAME_KEY`): the scan's
+    place on the square it was padded to, so its maps are cut back to the scan's own pixels.
+    """
     size = config.img_size
     image = sample.get("image")
     xyz = sample.get("xyz")
@@ -50,6 +55,7 @@ def prepare_sample(
         if not bool((cloud != 0).any()):
             raise EmptyScanError(f"no valid points left after resizing the scan to {size}x{size}")
         out["xyz"] = cloud.numpy().astype(np.float32)
+        out[MAP_FRAME_KEY] = np.asarray(result.frame, dtype=np.int32)  # the padding, cut off the map later
         if result.rgb is not None:
             image = result.rgb  # blacked out / padded like the cloud
     if config.uses_rgb:

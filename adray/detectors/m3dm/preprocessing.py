@@ -5,7 +5,8 @@ Steps (official parameters, in the scan's units, metres for MVTec 3D-AD):
 1. RANSAC plane fit (open3d ``segment_plane``: distance 0.004, ``ransac_n`` 50, 1000 iterations) on the
    valid points of the 10-pixel border strips;
 2. zero every point within 0.005 of that plane (and the same RGB / GT pixels);
-3. zero-pad to a centred square whose side is the larger of H, W rounded up to a multiple of 100;
+3. zero-pad to a centred square whose side is the larger of H, W rounded up to a multiple of 100
+   (:attr:`PreprocessResult.frame` says where the scan sits on it: maps are cut back to the scan with it);
 4. DBSCAN (eps 0.006, min_points 30) on the remaining points, keeping the largest cluster.
 
 Departures from the official script, on purpose:
@@ -79,6 +80,9 @@ class PreprocessResult:
     plane: tuple[float, float, float, float] | None = None
     removed_plane_points: int = 0
     removed_outliers: int = 0
+    #: ``(canvas_h, canvas_w, top, left)``: the padded canvas and the scan's offset on it, in scan pixels
+    #: (``(H, W, 0, 0)`` when nothing was padded); :func:`adray.io.masks.map_to_image` takes it.
+    frame: tuple[int, int, int, int] | None = None
 
 
 def preprocess_scan(
@@ -97,7 +101,7 @@ def preprocess_scan(
     if not np.any(xyz != 0):
         raise EmptyScanError("the scan has no valid points (every xyz is zero or NaN)")
     if not cfg.enabled:
-        return PreprocessResult(xyz, rgb, mask, STATUS_OK)
+        return PreprocessResult(xyz, rgb, mask, STATUS_OK, frame=(*xyz.shape[:2], 0, 0))
     cfg = cfg.scaled_for(xyz)
     grid = xyz.shape[:2]
     same_grid = rgb is not None and rgb.shape[:2] == grid
@@ -129,7 +133,8 @@ def preprocess_scan(
             f"right for this scan's units? (removal_distance={cfg.removal_distance}, dbscan_eps={cfg.dbscan_eps})"
         )
     n_out = 0 if outliers is None else int(outliers.sum())
-    return PreprocessResult(xyz, rgb, mask, status, plane, removed, n_out)
+    side, top, left = square_frame(*grid, cfg.pad_multiple)
+    return PreprocessResult(xyz, rgb, mask, status, plane, removed, n_out, (side, side, top, left))
 
 
 def _fit_border_plane(xyz: np.ndarray, cfg: PreprocessConfig) -> tuple[float, float, float, float] | None:
@@ -156,12 +161,18 @@ def _fit_border_plane(xyz: np.ndarray, cfg: PreprocessConfig) -> tuple[float, fl
     return a / norm, b_ / norm, c / norm, d / norm
 
 
+def square_frame(h: int, w: int, multiple: int) -> tuple[int, int, int]:
+    """``(side, top, left)`` of the centred square an ``h x w`` scan is zero-padded to (official: the
+    larger side rounded up to ``multiple``; ``multiple <= 0``: the larger side)."""
+    side = max(-(-h // multiple) * multiple, -(-w // multiple) * multiple) if multiple > 0 else max(h, w)
+    return side, (side - h) // 2, (side - w) // 2
+
+
 def _pad_square(arr: np.ndarray, multiple: int) -> np.ndarray:
     h, w = arr.shape[:2]
-    side = max(-(-h // multiple) * multiple, -(-w // multiple) * multiple) if multiple > 0 else max(h, w)
+    side, top, left = square_frame(h, w, multiple)
     if (h, w) == (side, side):
         return arr
-    top, left = (side - h) // 2, (side - w) // 2
     out = np.zeros((side, side, *arr.shape[2:]), dtype=arr.dtype)
     out[top : top + h, left : left + w] = arr
     return out
