@@ -217,3 +217,20 @@ def test_evaluate_takes_ground_truth_from_labels_where_the_manifest_has_none(sco
         for metric in ("image_auroc", "aupr", "f1_max", "pixel_auroc", "aupro", "n_normal", "n_anomalous"):
             assert got[metric] == pytest.approx(want[metric]), (det, metric)
         assert after["join"]["unlabelled"][det] == full["join"]["unlabelled"][det]
+
+
+def test_schemas_readme_label_queries_run(scored, tmp_path):
+    """The SQL block of schemas/README.md's labels section runs and counts what was imported."""
+    text = (Path(__file__).resolve().parents[2] / "schemas" / "README.md").read_text()
+    block = text.split("\n## labels\n", 1)[1].split("```sql\n", 1)[1].split("```", 1)[0]
+    statements = [s.strip() for s in block.split(";") if s.strip()]
+    item = scored["loud"]
+    rows = [
+        {"item_id": item, "label": "normal", "labelled_at": "2024-05-01T00:00:00Z"},
+        {"item_id": item, "label": "anomalous", "labelled_at": "2024-05-02T00:00:00Z"},
+    ]
+    import_labels(_write_csv(tmp_path / "l.csv", rows), scored["results"])
+    con = connect(scored["results"])
+    by_label = con.execute(statements[0]).fetchall()
+    assert [(r[0], r[1], r[2]) for r in by_label] == [("bottle", "anomalous", 2)]  # one item, two detectors
+    assert con.execute(statements[1]).fetchall() == [(item, 2, "normal -> anomalous")]
