@@ -300,7 +300,7 @@ def _item_files(url: str, report: CatalogReport) -> Iterator[tuple[str, dict[str
     Object stores are listed flat (no delimiter), so keys that a ``/``-delimited walk loses (``a/../x.png``,
     ``a//x.png``) are seen and become rows (refused, :func:`adray.catalog_common.uri_refusal`).
     """
-    loc = storage.resolve(url)
+    loc = storage.resolve(url, single_attempt=True)
     if loc.protocol == "file":
         entries = []
         for root, dirs, files in os.walk(loc.path):
@@ -367,7 +367,7 @@ def _token(url: str, info: dict[str, Any], skip: tuple[str, str] | None = None) 
 
 def _listdir(url: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
     """Sorted sub-folder names and ``(url, info)`` of files directly under ``url`` (hidden ones skipped)."""
-    loc = storage.resolve(url)
+    loc = storage.resolve(url, single_attempt=True)
     try:
         entries = storage.with_retries(lambda: loc.fs.ls(loc.path, detail=True), what=f"list {url}")
     except FileNotFoundError:

@@ -141,7 +141,7 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
     if not m:
         return url, None, None
     user, _, password = m.group(2).partition(":")
-    return url[: m.start(2)] + url[m.end():], unquote(user) or None, unquote(password) or None
+    return url[: m.start(2)] + url[m.end() :], unquote(user) or None, unquote(password) or None
 
 
 def is_under_prefix(url: str, prefix: str) -> bool:
@@ -220,9 +220,8 @@ def s3_region() -> str:
 
 
 def _botocore_attempts() -> int:
-    """botocore's attempts per S3 request: ``AWS_MAX_ATTEMPTS`` (the standard AWS variable), default 3.
-    They sit under :func:`with_retries` (a quick second try of one HTTP request); keeping them few keeps
-    the product of the two layers small."""
+    """botocore's attempts per S3 request (first try included) on clients whose calls adray does not
+    wrap in :func:`with_retries`: ``AWS_MAX_ATTEMPTS`` (the standard AWS variable), default 3."""
     try:
         return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "3")))
     except ValueError:
@@ -230,9 +229,14 @@ def _botocore_attempts() -> int:
 
 
 def _s3fs(
-    endpoint: str | None, region: str, key: str | None = None, secret: str | None = None
+    endpoint: str | None,
+    region: str,
+    key: str | None = None,
+    secret: str | None = None,
+    single_attempt: bool = False,
 ) -> fsspec.AbstractFileSystem:
-    return _s3fs_cached(endpoint, region, key, secret, _botocore_attempts())
+    attempts = 1 if single_attempt else _botocore_attempts()
+    return _s3fs_cached(endpoint, region, key, secret, attempts)
 
 
 @functools.lru_cache(maxsize=16)
@@ -250,22 +254,28 @@ def _s3fs_cached(
     config_kwargs = {
         "request_checksum_calculation": "when_required",
         "response_checksum_validation": "when_required",
-        "retries": {"max_attempts": attempts, "mode": "standard"},
+        "retries": {"total_max_attempts": attempts, "mode": "standard"},
     }
     creds: dict[str, Any] = {"key": key, "secret": secret} if key else {}
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True, **creds
     )
+    fs.retries = 1  # s3fs's own loop off: it re-tried throttling and timeouts on top of botocore's
+    return fs
 
 
 _s3fs.cache_clear = _s3fs_cached.cache_clear  # type: ignore[attr-defined]
 
 
-def resolve(url: str) -> Location:
+def resolve(url: str, *, single_attempt: bool = False) -> Location:
     """Turn a URL (or local path) into a :class:`Location`.
 
     User info in an S3 URL (``s3://KEY:SECRET@bucket/key``) goes into the filesystem's credentials and
     nowhere else: the location's ``path`` and :meth:`Location.url` are without it.
+
+    Retries (one layer per call): an S3 location's client retries each request itself (botocore's
+    standard mode, ``AWS_MAX_ATTEMPTS`` attempts, default 3). ``single_attempt=True`` gives a client that
+    sends each request once, for calls wrapped in :func:`with_retries`, which is then their only layer.
 
     >>> resolve("/tmp/data").protocol
     'file'
@@ -282,7 +292,8 @@ def resolve(url: str) -> Location:
     if scheme in ("s3", "s3a"):
         if not rest or rest.startswith("/"):
             raise StorageError(f"S3 URL {url!r} has no bucket; write it as s3://BUCKET/PREFIX")
-        return Location(_s3fs(s3_endpoint(), s3_region(), user, password), rest.rstrip("/"), "s3")
+        fs = _s3fs(s3_endpoint(), s3_region(), user, password, single_attempt)
+        return Location(fs, rest.rstrip("/"), "s3")
     if user:
         raise StorageError(
             f"credentials in the URL {url!r} are supported for s3:// only; give them through the "
@@ -299,11 +310,17 @@ def resolve(url: str) -> Location:
     return Location(fs, rest.rstrip("/"), scheme)
 
 
-def pyarrow_filesystem(url: str) -> tuple[Any, str]:
+#: pyarrow's attempts per S3 request where pyarrow is the only retry layer (Ray Train's storage).
+PYARROW_S3_ATTEMPTS = 5
+
+
+def pyarrow_filesystem(url: str, *, attempts: int = PYARROW_S3_ATTEMPTS) -> tuple[Any, str]:
     """A ``pyarrow.fs.FileSystem`` and path for ``url`` (for Ray Data and Ray Train storage).
 
     S3 uses pyarrow's native ``S3FileSystem`` with the same endpoint/region resolution as :func:`resolve`
-    (pyarrow ignores ``AWS_ENDPOINT_URL``, so the endpoint is passed explicitly).
+    (pyarrow ignores ``AWS_ENDPOINT_URL``, so the endpoint is passed explicitly) and pyarrow's standard
+    retry strategy with ``attempts`` attempts per request (first try included). Pass ``attempts=1`` where
+    the caller retries already (Ray Data's writers retry throttling, 5xx and network errors themselves).
     """
     import pyarrow.fs as pafs
 
@@ -329,7 +346,7 @@ def pyarrow_filesystem(url: str) -> tuple[Any, str]:
             scheme, _, hostport = endpoint.partition("://")
             kwargs["endpoint_override"] = hostport or scheme
             kwargs["scheme"] = scheme if hostport else "https"
-        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=5)
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)
         return pafs.S3FileSystem(**kwargs), loc.path
     return pafs.PyFileSystem(pafs.FSSpecHandler(loc.fs)), loc.path
 
@@ -369,7 +386,8 @@ def with_retries(
     retry_on: Callable[[BaseException], bool] = is_transient,
 ) -> T:
     """Call ``fn`` with bounded retries and jittered exponential backoff on errors ``retry_on`` accepts
-    (default :func:`is_transient`); the last error is raised as it is."""
+    (default :func:`is_transient`); the last error is raised as it is. ``fn``'s filesystem should come
+    from ``resolve(url, single_attempt=True)``, so that this is the call's only retry layer."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -421,7 +439,7 @@ def _raise_friendly(exc: BaseException, url: str) -> NoReturn:
 
 def read_bytes(url: str) -> bytes:
     """Read a whole object. Raises FileNotFoundError for a missing object."""
-    loc = resolve(url)
+    loc = resolve(url, single_attempt=True)
     try:
         return with_retries(lambda: loc.fs.cat_file(loc.path), what=f"read {url}")
     except FileNotFoundError:
@@ -441,11 +459,12 @@ def read_object(url: str, *, attempts: int = READ_ATTEMPTS, base_delay: float = 
     Raises ``FileNotFoundError`` when the object does not exist (404, ``NoSuchKey``, ``NoSuchBucket``, no
     such local file; not retried); :class:`UnreadableError` when every one of ``attempts`` reads failed
     otherwise: access refused (403 / ``PermissionError``), throttling (``SlowDown``), 5xx, timeouts,
-    connection resets. Those are retried here with jittered exponential backoff (the one retry layer of
-    adray; s3fs and botocore keep their own low-level retries underneath). :class:`StorageError` for a URL
-    that names no usable filesystem. Messages carry the URL without user info, never file contents.
+    connection resets. Those are retried here with jittered exponential backoff, the read's only retry
+    layer: the S3 client underneath sends each request once, so a failing read is ``attempts`` requests.
+    :class:`StorageError` for a URL that names no usable filesystem. Messages carry the URL without user
+    info, never file contents.
     """
-    loc = resolve(url)
+    loc = resolve(url, single_attempt=True)
     shown = redact_url(url)
     try:
         return with_retries(
@@ -508,7 +527,7 @@ def open_atomic(url: str) -> Iterator[Any]:
 
 def write_bytes(url: str, data: bytes) -> None:
     """Write an object atomically: temp file + rename locally, a single PUT on object stores."""
-    loc = resolve(url)
+    loc = resolve(url, single_attempt=True)
 
     def _write() -> None:
         if loc.protocol == "file":
@@ -533,7 +552,7 @@ def write_text(url: str, text: str) -> None:
 
 
 def exists(url: str) -> bool:
-    loc = resolve(url)
+    loc = resolve(url, single_attempt=True)
     try:
         return bool(with_retries(lambda: loc.fs.exists(loc.path), what=f"exists {url}"))
     except Exception as e:
@@ -541,7 +560,7 @@ def exists(url: str) -> bool:
 
 
 def info(url: str) -> dict[str, Any]:
-    loc = resolve(url)
+    loc = resolve(url, single_attempt=True)
     return with_retries(lambda: loc.fs.info(loc.path), what=f"info {url}")
 
 

@@ -139,11 +139,9 @@ def _image_key(name: str) -> str:
 
 def _list_names(folder: str) -> list[str]:
     try:
-        loc = storage.resolve(folder)
+        loc = storage.resolve(folder, single_attempt=True)
         entries = storage.with_retries(lambda: loc.fs.ls(loc.path, detail=True), what=f"list {folder}")
     except Exception as exc:  # advisory check: a listing problem is logged, not raised
         log.warning("cannot list %s to look for other mask files: %s", folder, exc)
         return []
-    return [
-        e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type", "file") != "directory"
-    ]
+    return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type", "file") != "directory"]

@@ -106,7 +106,9 @@ def write_results(ds: Any, output: str, run_id: str) -> None:
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
             return f"{run_id}{RUN_FILE_SEPARATOR}{write_uuid}_{task_index:06}"
 
-    fs, path = storage.pyarrow_filesystem(storage.join_url(output, "results"))
+    # Ray Data's Parquet writer retries a failed file write (DataContext.retried_io_errors, 10 attempts):
+    # the only retry layer, so pyarrow sends each request once
+    fs, path = storage.pyarrow_filesystem(storage.join_url(output, "results"), attempts=1)
     ds.write_parquet(
         path,
         filesystem=fs,
