@@ -42,6 +42,7 @@ import numpy as np
 from adray import storage
 from adray.job_env import describe
 from adray.pipeline.cluster import add_address_argument, ensure_ray
+from adray.tables import text_table
 
 if TYPE_CHECKING:
     from adray.pipeline import ScoreConfig
@@ -395,10 +396,7 @@ def _print(result: dict[str, Any]) -> None:
     ]
     cols += ["peak_rss_mb", "peak_workers_mb", "rows_ok"]
     cells = [[_fmt(r.get(c, "")) for c in cols] for r in result["rows"]]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print(text_table(cols, cells, rule=False))
     for note in result["notes"]:
         print(f"note: {note}")
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from adray import schemas, storage
 from adray.labels import create_views as create_label_views
+from adray.tables import cell, text_table
 
 RUN_FILE_SEPARATOR = "."
 
@@ -129,21 +130,9 @@ def format_result(rel: duckdb.DuckDBPyRelation | None, max_rows: int = 50) -> st
     names = list(rel.columns)
     rows = rel.limit(max_rows + 1).fetchall()
     more = len(rows) > max_rows
-    cells = [[_cell(v) for v in row] for row in rows[:max_rows]]
-    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.append(f"({len(cells)} row{'s' if len(cells) != 1 else ''}{', more not shown' if more else ''})")
-    return "\n".join(lines)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    shown = rows[:max_rows]
+    count = f"({len(shown)} row{'s' if len(shown) != 1 else ''}{', more not shown' if more else ''})"
+    return text_table(names, [[cell(v) for v in row] for row in shown]) + "\n" + count
 
 
 def _time(text: Any) -> datetime | None:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from adray import storage
+from adray.tables import text_table
 
 
 @dataclass
@@ -112,11 +113,7 @@ class RunSummary:
                     f"{d.rows_in}/{d.rows_out}",
                 ]
             )
-        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-        lines = [f"run {self.run_id}: {self.items} items from {self.input}"]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+        lines = [f"run {self.run_id}: {self.items} items from {self.input}", text_table(cols, rows)]
         check = "OK" if self.rows_in == self.rows_out else "MISMATCH"
         lines.append(f"rows in {self.rows_in} = rows out {self.rows_out}: {check}")
         errors = {}
