@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "meta-epoch, summed over workers",
         ],
     }
-    from adray.commands.benchmark import format_rows
+    from adray.bench.tables import format_rows
 
     print(format_rows(result))
     return result

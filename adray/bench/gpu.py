@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
     notes = [f"device: {name}, torch {torch.__version__}, random weights everywhere"]
     result = {"name": "gpu", "rows": rows, "notes": notes}
-    from adray.commands.benchmark import format_rows
+    from adray.bench.tables import format_rows
 
     print(format_rows(result))
     return result

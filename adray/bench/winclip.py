@@ -157,7 +157,7 @@ def _row(mode, precision, batch, seconds, outputs=None, key=None, runs=None) -> 
 
 
 def _table(result: dict) -> str:
-    from adray.commands.benchmark import format_rows
+    from adray.bench.tables import format_rows
 
     return format_rows(result)
 

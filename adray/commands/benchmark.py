@@ -14,6 +14,7 @@ import platform
 import time
 
 from adray import storage
+from adray.bench.tables import format_rows
 
 #: benchmark name -> module under adray.bench
 BENCHMARKS: dict[str, str] = {
@@ -22,7 +23,11 @@ BENCHMARKS: dict[str, str] = {
     "bgad-fit": "bgad_fit",
     "m3dm": "m3dm",
     "gpu": "gpu",  # CUDA paths + throughput; reports "no CUDA device" on CPU machines
+    "bgad-compare": "bgad_compare",  # supervised vs unsupervised BGAD (quality, not speed)
+    "m3dm-compare": "m3dm_compare",  # M3DM modes on 3D-only / RGB-visible defects (quality, not speed)
 }
+#: comparisons of methods: run by name only, not by ``all`` (minutes each, and not speed figures)
+NOT_IN_ALL = frozenset({"bgad-compare", "m3dm-compare"})
 
 
 def _module(name: str):
@@ -52,7 +57,11 @@ def _defaults(name: str) -> argparse.Namespace:
 def environment() -> dict[str, str]:
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpus": str(torch.get_num_threads())}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": str(torch.get_num_threads()),
+    }
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name(0)
     else:
@@ -60,38 +69,18 @@ def environment() -> dict[str, str]:
     return env
 
 
-def format_rows(result: dict) -> str:
-    rows = result.get("rows", [])
-    if not rows:
-        return f"[{result.get('name')}] no rows"
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = [f"== {result.get('name')} =="]
-    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    lines += [f"note: {n}" for n in result.get("notes", [])]
-    return "\n".join(lines)
-
-
 def combined(results: list[dict]) -> dict:
     """All benchmarks as one long table: benchmark, what (the row's text fields), metric, value."""
     rows = []
     for res in results:
         for r in res.get("rows", []):
-            label = " ".join(str(v) for v in r.values() if not isinstance(v, (int, float)) or isinstance(v, bool))
+            label = " ".join(
+                str(v) for v in r.values() if not isinstance(v, (int, float)) or isinstance(v, bool)
+            )
             for k, v in r.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     rows.append({"benchmark": res.get("name"), "what": label, "metric": k, "value": v})
     return {"name": "all benchmarks", "rows": rows, "notes": []}
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark == "all":
         skip = {s.strip() for s in args.skip.split(",") if s.strip()}
         for name in BENCHMARKS:
-            if name in skip:
+            if name in skip or name in NOT_IN_ALL:
                 continue
             t0 = time.perf_counter()
             res = _module(name).run(_defaults(name))
@@ -114,5 +103,7 @@ def run(args: argparse.Namespace) -> int:
     env = environment()
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     if args.json:
-        storage.write_text(args.json, json.dumps({"environment": env, "results": results}, indent=2, default=str))
+        storage.write_text(
+            args.json, json.dumps({"environment": env, "results": results}, indent=2, default=str)
+        )
     return 0

@@ -1,195 +1,36 @@
-"""Compare M3DM modes on a (generated) MVTec 3D-AD layout: image AUROC on 3D-only, RGB-visible and all defects.
+"""Moved to :mod:`adray.bench.m3dm_compare` (run it as ``python jobs/benchmark.py m3dm-compare``).
 
-    .venv/bin/python -m adray.train.m3dm_compare --data /tmp/m3dm-synth --generate --tiny
-
-Builds one artifact per mode with :func:`adray.train.m3dm.build_m3dm` (Ray: its own local cluster unless
-``--address`` or ``RAY_ADDRESS`` names one), scores every test item of the category with the loaded
-detector and prints a table. ``--generate`` first writes the synthetic dataset (:func:`adray.synthetic.generate_mvtec_3d`).
+This forwarding shim keeps ``python -m adray.train.m3dm_compare ...`` and its names working.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
-import tempfile
-import time
-from typing import Any
 
-import numpy as np
+from adray.bench.m3dm_compare import (
+    GROUPS,
+    MODES,
+    auroc_by_group,
+    compare_modes,
+    format_table,
+    mode_config,
+    score_test_items,
+)
+from adray.bench.m3dm_compare import main as _main
 
-from adray import storage
-from adray.pipeline.cluster import add_address_argument, ensure_ray
-
-MODES = {
-    "rgb": ("rgb", False),
-    "xyz": ("xyz", False),
-    "rgb+xyz": ("rgb+xyz", False),
-    "rgb+xyz+uff": ("rgb+xyz", True),
-}
-GROUPS = {"3d_only": lambda d: d.endswith("_3d_only"), "rgb_visible": lambda d: not d.endswith("_3d_only")}
-
-
-def score_test_items(
-    artifact_uri: str, data_uri: str, category: str, batch_size: int = 8
-) -> list[dict[str, Any]]:
-    """``[{item_id, defect_type, label, image_score}]`` for every test item (detector.score, no pipeline)."""
-    from adray.catalog import build_manifest, readable_items
-    from adray.detectors.base import load_detector
-    from adray.train.m3dm import read_sample
-
-    det = load_detector(artifact_uri)
-    table = readable_items(build_manifest(data_uri, layout="auto", categories=[category])[0])
-    rows = [r for r in table.to_pylist() if r["category"] == category and r["split"] == "test"]
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        prepared = [det.preprocess(read_sample(r["uri"], r["pc_uri"], det.config)) for r in chunk]
-        batch = {k: np.stack([p[k] for p in prepared]) for k in prepared[0]}
-        scores = det.score(batch).image_score.numpy()
-        for r, s in zip(chunk, scores):
-            out.append(
-                {
-                    "item_id": r["item_id"],
-                    "defect_type": r["defect_type"],
-                    "label": r["label"],
-                    "image_score": float(s),
-                }
-            )
-    return out
-
-
-def auroc_by_group(scored: list[dict[str, Any]]) -> dict[str, float]:
-    from adray.metrics import image_auroc
-
-    good = [s["image_score"] for s in scored if s["label"] == 0]
-    result = {}
-    for name, keep in {**GROUPS, "all": lambda d: True}.items():
-        bad = [s["image_score"] for s in scored if s["label"] == 1 and keep(str(s["defect_type"]))]
-        if good and bad:
-            result[name] = image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad])
-    return result
-
-
-def compare_modes(
-    data_uri: str,
-    category: str,
-    modes: list[str],
-    work_uri: str,
-    *,
-    tiny: bool = True,
-    workers: int = 2,
-    uff_workers: int = 0,
-    uff_steps: int | None = None,
-    weights: str = "random",
-    point_weights: str = "random",
-) -> dict[str, dict[str, Any]]:
-    """Build and score each mode; ``{mode: {"auroc": {...}, "version": ..., "build_s": ...}}``."""
-    from adray.commands.build_m3dm import add_arguments, config_from_args
-    from adray.train.m3dm import build_m3dm
-
-    results = {}
-    for name in modes:
-        mode, fusion = MODES[name]
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        argv = [
-            "--train",
-            data_uri,
-            "--category",
-            category,
-            "--output",
-            "-",
-            "--mode",
-            mode,
-            "--weights",
-            weights,
-        ]
-        argv += (
-            ["--point-weights", point_weights]
-            + (["--tiny"] if tiny else [])
-            + ([] if fusion else ["--no-fusion"])
-        )
-        argv += ["--uff-steps", str(uff_steps)] if uff_steps else []
-        config = config_from_args(parser.parse_args(argv))
-        out = os.path.join(work_uri, f"m3dm-{name.replace('+', '_')}")
-        t0 = time.perf_counter()
-        summary = build_m3dm(data_uri, out, config, workers=workers, uff_workers=uff_workers)
-        build_s = time.perf_counter() - t0
-        scored = score_test_items(out, data_uri, category)
-        results[name] = {
-            "auroc": auroc_by_group(scored),
-            "version": summary.version,
-            "build_s": build_s,
-            "n_test": len(scored),
-            "artifact": out,
-        }
-    return results
-
-
-def format_table(results: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'mode':<12} {'3d_only':>8} {'rgb_visible':>11} {'all':>6} {'build_s':>8}"]
-    for name, r in results.items():
-        a = r["auroc"]
-        lines.append(
-            f"{name:<12} {a.get('3d_only', float('nan')):>8.3f} {a.get('rgb_visible', float('nan')):>11.3f} "
-            f"{a.get('all', float('nan')):>6.3f} {r['build_s']:>8.1f}"
-        )
-    return "\n".join(lines)
+__all__ = [
+    "GROUPS",
+    "MODES",
+    "auroc_by_group",
+    "compare_modes",
+    "format_table",
+    "main",
+    "mode_config",
+    "score_test_items",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="MVTec 3D-AD layout prefix (written first with --generate)")
-    p.add_argument("--category", default="cookie")
-    p.add_argument("--modes", default="rgb,xyz,rgb+xyz,rgb+xyz+uff")
-    p.add_argument("--generate", action="store_true", help="write the synthetic dataset to --data first")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--n-train", type=int, default=24)
-    p.add_argument("--n-test", type=int, default=8, help="test items per defect type (and good)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="CI-sized random backbones")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--uff-workers", type=int, default=0)
-    p.add_argument("--uff-steps", type=int, default=None)
-    p.add_argument("--work", default=None, help="where artifacts go (default: a temporary folder)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_address_argument(p)
-    args = p.parse_args(argv)
-    args.data = storage.absolute_url(args.data)  # read by Ray workers, whose working directory differs
-    args.work = storage.absolute_url(args.work) if args.work else None
-
-    if args.generate:
-        from adray.synthetic import generate_mvtec_3d
-
-        generate_mvtec_3d(
-            args.data,
-            categories=(args.category,),
-            image_size=args.image_size,
-            n_train=args.n_train,
-            n_validation=max(4, args.n_train // 4),
-            n_test_good=args.n_test,
-            n_test_per_defect=args.n_test,
-            seed=args.seed,
-        )
-    ensure_ray(args.address, log_to_driver=False, configure_logging=False)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    work = args.work or tempfile.mkdtemp(prefix="m3dm-compare-")
-    results = compare_modes(
-        args.data,
-        args.category,
-        args.modes.split(","),
-        work,
-        tiny=args.tiny,
-        workers=args.workers,
-        uff_workers=args.uff_workers,
-        uff_steps=args.uff_steps,
-    )
-    print(json.dumps(results, indent=2, default=str) if args.json else format_table(results))
-    return 0
+    """``python -m adray.bench.m3dm_compare`` under its old name."""
+    return _main(argv, prog="python -m adray.train.m3dm_compare")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,257 @@
+"""Compare M3DM modes on a (generated) MVTec 3D-AD layout: image AUROC on 3D-only, RGB-visible and all defects.
+
+    .venv/bin/python jobs/benchmark.py m3dm-compare --data /tmp/m3dm-synth --generate --tiny
+    .venv/bin/python -m adray.bench.m3dm_compare --data /tmp/m3dm-synth --generate --tiny   # standalone
+
+(``python -m adray.train.m3dm_compare`` still runs this; it moved here from the training room.)
+
+Builds one artifact per mode with :func:`adray.train.m3dm.build_m3dm` (Ray: its own local cluster unless
+``--address`` or ``RAY_ADDRESS`` names one), scores every test item of the category with the loaded
+detector and prints a table. ``--generate`` first writes the synthetic dataset (:func:`adray.synthetic.generate_mvtec_3d`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from adray import storage
+from adray.backbones.vit_features import ViTConfig
+from adray.detectors.m3dm.config import M3DMConfig, tiny_config
+from adray.pipeline.cluster import add_address_argument, ensure_ray
+from adray.pipeline.spec import WEIGHT_KEYWORDS
+
+MODES = {
+    "rgb": ("rgb", False),
+    "xyz": ("xyz", False),
+    "rgb+xyz": ("rgb+xyz", False),
+    "rgb+xyz+uff": ("rgb+xyz", True),
+}
+GROUPS = {"3d_only": lambda d: d.endswith("_3d_only"), "rgb_visible": lambda d: not d.endswith("_3d_only")}
+
+
+def score_test_items(
+    artifact_uri: str, data_uri: str, category: str, batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """``[{item_id, defect_type, label, image_score}]`` for every test item (detector.score, no pipeline)."""
+    from adray.catalog import build_manifest, readable_items
+    from adray.detectors.base import load_detector
+    from adray.train.m3dm import read_sample
+
+    det = load_detector(artifact_uri)
+    table = readable_items(build_manifest(data_uri, layout="auto", categories=[category])[0])
+    rows = [r for r in table.to_pylist() if r["category"] == category and r["split"] == "test"]
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        prepared = [det.preprocess(read_sample(r["uri"], r["pc_uri"], det.config)) for r in chunk]
+        batch = {k: np.stack([p[k] for p in prepared]) for k in prepared[0]}
+        scores = det.score(batch).image_score.numpy()
+        for r, s in zip(chunk, scores):
+            out.append(
+                {
+                    "item_id": r["item_id"],
+                    "defect_type": r["defect_type"],
+                    "label": r["label"],
+                    "image_score": float(s),
+                }
+            )
+    return out
+
+
+def auroc_by_group(scored: list[dict[str, Any]]) -> dict[str, float]:
+    from adray.metrics import image_auroc
+
+    good = [s["image_score"] for s in scored if s["label"] == 0]
+    result = {}
+    for name, keep in {**GROUPS, "all": lambda d: True}.items():
+        bad = [s["image_score"] for s in scored if s["label"] == 1 and keep(str(s["defect_type"]))]
+        if good and bad:
+            result[name] = image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad])
+    return result
+
+
+def mode_config(
+    category: str,
+    mode: str,
+    fusion: bool,
+    *,
+    tiny: bool,
+    weights: str,
+    point_weights: str,
+    uff_steps: int | None = None,
+    seed: int = 0,
+) -> M3DMConfig:
+    """The build config of one compared mode: what ``adray build-m3dm`` builds with ``--mode``,
+    ``--no-fusion`` (when not ``fusion``), ``--weights``, ``--point-weights``, ``--tiny`` and
+    ``--uff-steps`` and its other flags at their defaults."""
+    weights = storage.absolute_url(weights, keep=WEIGHT_KEYWORDS)  # read by Ray workers
+    point_weights = storage.absolute_url(point_weights, keep=WEIGHT_KEYWORDS)
+    if tiny:
+        cfg = tiny_config(category, mode=mode, fusion=fusion, seed=seed)
+        if weights != "pretrained":
+            cfg = dataclasses.replace(cfg, vit=dataclasses.replace(cfg.vit, weights=weights))
+    else:
+        cfg = M3DMConfig(
+            category=category,
+            mode=mode,
+            fusion=fusion,
+            seed=seed,
+            vit=ViTConfig(weights=weights, seed=seed),
+            point_weights=point_weights,
+            point_seed=seed,
+        )
+    if uff_steps:
+        warmup = min(cfg.uff.warmup_steps, uff_steps // 3)
+        cfg = dataclasses.replace(cfg, uff=dataclasses.replace(cfg.uff, steps=uff_steps, warmup_steps=warmup))
+    return cfg
+
+
+def compare_modes(
+    data_uri: str,
+    category: str,
+    modes: list[str],
+    work_uri: str,
+    *,
+    tiny: bool = True,
+    workers: int = 2,
+    uff_workers: int = 0,
+    uff_steps: int | None = None,
+    weights: str = "random",
+    point_weights: str = "random",
+) -> dict[str, dict[str, Any]]:
+    """Build and score each mode; ``{mode: {"auroc": {...}, "version": ..., "build_s": ...}}``."""
+    from adray.train.m3dm import build_m3dm
+
+    results = {}
+    for name in modes:
+        mode, fusion = MODES[name]
+        config = mode_config(
+            category,
+            mode,
+            fusion,
+            tiny=tiny,
+            weights=weights,
+            point_weights=point_weights,
+            uff_steps=uff_steps,
+        )
+        out = os.path.join(work_uri, f"m3dm-{name.replace('+', '_')}")
+        t0 = time.perf_counter()
+        summary = build_m3dm(data_uri, out, config, workers=workers, uff_workers=uff_workers)
+        build_s = time.perf_counter() - t0
+        scored = score_test_items(out, data_uri, category)
+        results[name] = {
+            "auroc": auroc_by_group(scored),
+            "version": summary.version,
+            "build_s": build_s,
+            "n_test": len(scored),
+            "artifact": out,
+        }
+    return results
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'mode':<12} {'3d_only':>8} {'rgb_visible':>11} {'all':>6} {'build_s':>8}"]
+    for name, r in results.items():
+        a = r["auroc"]
+        lines.append(
+            f"{name:<12} {a.get('3d_only', float('nan')):>8.3f} {a.get('rgb_visible', float('nan')):>11.3f} "
+            f"{a.get('all', float('nan')):>6.3f} {r['build_s']:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``jobs/benchmark.py m3dm-compare`` (and of ``python -m adray.bench.m3dm_compare``)."""
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="MVTec 3D-AD layout prefix (written first with --generate; default: a new temporary folder, generated)",
+    )
+    parser.add_argument("--category", default="cookie")
+    parser.add_argument("--modes", default="rgb,xyz,rgb+xyz,rgb+xyz+uff")
+    parser.add_argument("--generate", action="store_true", help="write the synthetic dataset to --data first")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--n-train", type=int, default=24)
+    parser.add_argument("--n-test", type=int, default=8, help="test items per defect type (and good)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="CI-sized random backbones")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--uff-workers", type=int, default=0)
+    parser.add_argument("--uff-steps", type=int, default=None)
+    parser.add_argument("--work", default=None, help="where artifacts go (default: a temporary folder)")
+    add_address_argument(parser)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate (when asked or when ``--data`` is not given), build and score every mode; print the table.
+
+    Returns the benchmark result ``{"name", "rows", "notes"}`` (one row per mode: AUROC per defect group)."""
+    if args.data is None:
+        args.data, args.generate = tempfile.mkdtemp(prefix="m3dm-compare-data-"), True
+    args.data = storage.absolute_url(args.data)  # read by Ray workers, whose working directory differs
+    args.work = storage.absolute_url(args.work) if args.work else None
+
+    if args.generate:
+        from adray.synthetic import generate_mvtec_3d
+
+        generate_mvtec_3d(
+            args.data,
+            categories=(args.category,),
+            image_size=args.image_size,
+            n_train=args.n_train,
+            n_validation=max(4, args.n_train // 4),
+            n_test_good=args.n_test,
+            n_test_per_defect=args.n_test,
+            seed=args.seed,
+        )
+    ensure_ray(args.address, log_to_driver=False, configure_logging=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    work = args.work or tempfile.mkdtemp(prefix="m3dm-compare-")
+    results = compare_modes(
+        args.data,
+        args.category,
+        args.modes.split(","),
+        work,
+        tiny=args.tiny,
+        workers=args.workers,
+        uff_workers=args.uff_workers,
+        uff_steps=args.uff_steps,
+    )
+    print(
+        json.dumps(results, indent=2, default=str)
+        if getattr(args, "print_json", False)
+        else format_table(results)
+    )
+    rows = [
+        {"mode": m, **r["auroc"], "build_s": r["build_s"], "n_test": r["n_test"]} for m, r in results.items()
+    ]
+    return {
+        "name": "m3dm-compare",
+        "rows": rows,
+        "notes": [f"category {args.category}, artifacts under {work}"],
+    }
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m adray.bench.m3dm_compare") -> int:
+    """Standalone command line: the same flags as ``jobs/benchmark.py m3dm-compare``."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add_arguments(p)
+    # jobs/benchmark.py gives every benchmark its own --json PATH; standalone, --json prints JSON
+    p.add_argument("--json", dest="print_json", action="store_true", help="print JSON instead of a table")
+    run(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
