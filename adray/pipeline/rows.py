@@ -3,8 +3,9 @@
 :func:`finalize_batch` is the last CPU stage of the graph: it brings each anomaly map back to its
 item's original pixels (:func:`adray.io.masks.map_to_image`: padding the preprocessing added, as M3DM's
 square padding, is cut off before the resize), writes it as a 16-bit PNG to
-``masks/detector_version=<v>/<item_id>.png`` (the key depends only on the detector version and the item, so retries and re-runs overwrite), and returns a
-pyarrow table with exactly the ``results`` schema, so all-null columns keep their types in Parquet.
+``masks/detector_version=<v>/<item_id>.png`` (the key depends only on the detector version and the item,
+so retries and re-runs overwrite), and returns a pyarrow table with exactly the ``results`` schema, so
+all-null columns keep their types in Parquet.
 
 :func:`build_run_record` / :func:`write_run_record` make ``runs/<run_id>.json``, validated against
 ``schemas/run_record`` and written last: its presence commits the run's rows.
