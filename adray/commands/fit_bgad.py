@@ -92,8 +92,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=t.ml_meta_epochs,
         help="meta-epochs of step 1 (maximum likelihood on normals) before push-pull",
     )
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step per worker")
-    g.add_argument("--chunk-size", type=int, default=t.chunk_size, help="patches per optimiser step")
+    g.add_argument(
+        "--batch-size", type=int, default=t.batch_size, help="images per global batch (all workers together)"
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=t.chunk_size,
+        help="patches per optimiser step (global: split across workers)",
+    )
     g.add_argument("--lr", type=float, default=t.lr)
     g.add_argument("--beta", type=float, default=lc.beta, help="boundary quantile of normal log-likelihoods")
     g.add_argument("--tau", type=float, default=lc.tau, help="margin between normal and anomaly boundaries")

@@ -1,9 +1,12 @@
 """BGAD fit on Ray Train: DDP flows across workers, per-epoch checkpoints, resume, artifact from rank 0.
 
 Each worker owns the manifest items with ``shard_of(item_id, world) == rank``, decodes them itself and
-caches their frozen backbone features. Per meta-epoch, each rank's entries are padded (repeats of its own
-items) to the longest rank's count, so DDP sees equal step counts and every item is used at least once.
-Each level's flow is wrapped in its own DDP (gloo on CPU, NCCL on GPU); one Adam owns all flows.
+computes their frozen backbone features; the training features are then all-gathered so every rank holds
+the whole cache in the single-worker order. Training follows the single-worker optimisation: the same
+global batches and patch permutations on every rank, each global chunk split across ranks
+(:mod:`adray.detectors.bgad.parallel`), so W workers take the same optimiser steps at the same learning
+rates over the same patches as one. Each level's flow is wrapped in its own DDP (gloo on CPU, NCCL on
+GPU); one Adam owns all flows.
 
 Rank 0 attaches a checkpoint (flows + Adam state as safetensors, JSON for the rest) to every
 ``ray.train.report``; constructing the trainer again with the same storage path and run name resumes
@@ -175,6 +178,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
+    from adray.detectors.bgad.parallel import RankGroup
     from adray.detectors.bgad.session import FitSession
     from adray.train import common
 
@@ -185,8 +189,16 @@ def _train_loop(config: dict[str, Any]) -> None:
     model_cfg = BgadConfig.from_dict(config["model"])
     train_cfg = BgadTrainConfig.from_dict(config["train"])
     plan = FitPlan(**config["plan"])
+    group = RankGroup(
+        rank,
+        world,
+        gather=common.all_gather_uneven,
+        gather_list=_all_gather_list,
+        reduce_max=common.all_reduce_max,
+        reduce_sum=common.all_reduce_sum,
+    )
     session = FitSession(
-        model_cfg, train_cfg, plan, owns=common.owner_filter(rank, world), rank=rank, device=device
+        model_cfg, train_cfg, plan, owns=common.owner_filter(rank, world), device=device, group=group
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -199,8 +211,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         flows = [DistributedDataParallel(f, device_ids=ids) for f in flows]
     start = session.start_meta_epoch
     for meta_epoch in range(start, train_cfg.meta_epochs):
-        gen = torch.Generator().manual_seed(train_cfg.seed * 7_368_787 + rank * 1_009 + meta_epoch)
-        entries = common.equalise_entries(session.entries(meta_epoch), gen)
+        entries = session.entries(meta_epoch)
+        _check_same_entries(entries, group)
         metrics = session.run_meta_epoch(meta_epoch, entries, flows)
         metrics.update(start_meta_epoch=start, world_size=world, feature_seconds=session.feature_seconds)
         metrics["patches_per_s_total"] = float(
@@ -221,17 +233,42 @@ def _train_loop(config: dict[str, Any]) -> None:
             raise RuntimeError(f"injected failure after meta-epoch {meta_epoch} (--fail-after-epoch)")
     normaliser, threshold, source = session.finalise(common.all_reduce_max, common.all_gather_uneven)
     if rank == 0:
+        from adray.detectors.bgad.parallel import schedule_record
+
         detector = session.detector(
             normaliser,
             threshold,
             metadata={
                 "threshold_source": source,
                 "workers": world,
+                "distributed": schedule_record(train_cfg, session.history, world),
                 "run_name": config["run_name"],
                 "resumed_from_meta_epoch": start,
             },
         )
         detector.save(config["output"])
+
+
+def _all_gather_list(values: list[Any]) -> list[Any]:
+    """Every rank's list, concatenated in rank order (identity without a process group)."""
+    import torch.distributed as dist
+
+    from adray.train.common import distributed
+
+    if not distributed():
+        return list(values)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(values))
+    return [v for part in parts for v in part]
+
+
+def _check_same_entries(entries: Any, group: Any) -> None:
+    """Every rank must train on the same global entry list (same cache, same roles)."""
+    import torch
+
+    key = torch.tensor([len(entries), int(entries.sum()) if len(entries) else 0], dtype=torch.float64)
+    if not torch.equal(group.reduce_max(key), -group.reduce_max(-key)):
+        raise RuntimeError("ranks disagree on the epoch's entries; their feature caches differ")
 
 
 def _write_state(directory: str, tensors: dict, doc: dict) -> None:

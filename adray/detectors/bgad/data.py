@@ -65,9 +65,7 @@ def plan_fit(rows: Sequence[Row], category: str, cfg: BgadTrainConfig) -> FitPla
     rows = sorted((r for r in rows if r.get("category") == category), key=lambda r: r["item_id"])
     normals = [r for r in rows if r.get("split") == "train" and int(r.get("label") or 0) == 0]
     if not normals:
-        raise FitPlanError(
-            f"no train/good items for category {category!r}; check --train and --category"
-        )
+        raise FitPlanError(f"no train/good items for category {category!r}; check --train and --category")
     rng = random.Random(f"bgad-calibration/{cfg.seed}/{category}")
     shuffled = normals[:]
     rng.shuffle(shuffled)
@@ -86,7 +84,8 @@ def plan_fit(rows: Sequence[Row], category: str, cfg: BgadTrainConfig) -> FitPla
         if not plan.anomalies:
             raise FitPlanError(
                 f"--num-anomalies {cfg.num_anomalies} but category {category!r} has no test anomalies with "
-                "ground-truth masks" + (f" of types {list(cfg.seen_defects)}" if cfg.seen_defects else "")
+                "ground-truth masks"
+                + (f" of types {list(cfg.seen_defects)}" if cfg.seen_defects else "")
                 + "; the supervised fit needs defect masks: fit the unsupervised variant with "
                 "--num-anomalies 0, or add masks (MVTec layout: ground_truth/<defect>/<name>_mask.png, "
                 "or a gt_mask_uri manifest column)"
@@ -142,6 +141,37 @@ def load_items(rows: Sequence[Row], role: str, size: int) -> list[TrainItem]:
     return items
 
 
+class NormalImages(Sequence[TrainItem]):
+    """All of a plan's normal training images, in plan order, decoded on first use.
+
+    Copy-paste draws its base images from this list, so the synthetic samples of an anomaly are the same
+    whichever rank owns it and however many ranks there are; ``loaded`` (items a rank already decoded)
+    avoids decoding those twice."""
+
+    def __init__(self, rows: Sequence[Row], size: int, loaded: Sequence[TrainItem] = ()) -> None:
+        self._rows, self._size = list(rows), size
+        self._items = {it.item_id: it for it in loaded}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        row = self._rows[i]
+        if row["item_id"] not in self._items:
+            self._items[row["item_id"]] = load_items([row], "normal", self._size)[0]
+        return self._items[row["item_id"]]
+
+
+def training_item_ids(plan: FitPlan, variants: int) -> list[str]:
+    """Cache order of a fit's training items (normals, anomalies, their copy-paste variants), the order a
+    single worker builds and every rank of a distributed fit gathers into."""
+    anomaly_ids = plan.anomaly_item_ids
+    synthetic = [f"{a}#cp{v}" for a in anomaly_ids for v in range(variants)] if plan.normal else []
+    return [r["item_id"] for r in plan.normal] + anomaly_ids + synthetic
+
+
 def copy_paste_items(
     anomalies: Sequence[TrainItem],
     normals: Sequence[TrainItem],
@@ -149,7 +179,8 @@ def copy_paste_items(
     seed: int,
     placement: str = "in_place",
 ) -> list[TrainItem]:
-    """``variants`` synthetic copy-paste samples per anomaly, seeded by ``(seed, anomaly item_id)``."""
+    """``variants`` synthetic copy-paste samples per anomaly, seeded by ``(seed, anomaly item_id)``; base
+    images are drawn from ``normals`` (pass :class:`NormalImages` of the whole plan for W-independent data)."""
     out = []
     if not normals:
         return out

@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
-from adray.detectors.bgad.data import FitPlan, Row, copy_paste_items, load_items, plan_fit
+from adray.detectors.bgad.data import (
+    FitPlan,
+    NormalImages,
+    Row,
+    copy_paste_items,
+    load_items,
+    plan_fit,
+    training_item_ids,
+)
 from adray.detectors.bgad.detector import BgadDetector
 from adray.detectors.bgad.fit import (
     FeatureCache,
@@ -25,11 +33,13 @@ from adray.detectors.bgad.fit import (
     cached_image_scores,
     epoch_entries,
     fit_normaliser,
+    gather_feature_cache,
     is_step2,
     make_optimizer,
     train_meta_epoch,
 )
 from adray.detectors.bgad.model import BgadModel, Normaliser
+from adray.detectors.bgad.parallel import RankGroup, schedule_record
 from adray.metrics import threshold_at_fpr
 
 log = logging.getLogger(__name__)
@@ -52,8 +62,14 @@ class FitSession:
         owns: Callable[[str], bool] = lambda _item_id: True,
         rank: int = 0,
         device: torch.device | str = "cpu",
+        group: RankGroup | None = None,
     ) -> None:
-        self.model_cfg, self.train_cfg, self.plan, self.rank = model_cfg, train_cfg, plan, rank
+        # group (data-parallel fit): the training cache is gathered so every rank holds all of it in the
+        # single-worker order; calibration items stay with their owner (adray.detectors.bgad.parallel)
+        self.group = group or RankGroup()
+        if rank not in (0, self.group.rank):
+            raise ValueError(f"rank {rank} without its group: pass group=RankGroup(rank, world, ...)")
+        self.model_cfg, self.train_cfg, self.plan, self.rank = model_cfg, train_cfg, plan, self.group.rank
         self.device = torch.device(device)
         self.model = BgadModel(model_cfg).to(self.device)
         t0 = time.perf_counter()
@@ -61,11 +77,14 @@ class FitSession:
         normals = load_items([r for r in plan.normal if owns(r["item_id"])], "normal", size)
         anomalies = load_items([r for r in plan.anomalies if owns(r["item_id"])], "anomaly", size)
         calibration = load_items([r for r in plan.calibration if owns(r["item_id"])], "calibration", size)
+        bases = NormalImages(plan.normal, size, normals)
         synthetic = copy_paste_items(
-            anomalies, normals, train_cfg.copy_paste_variants, train_cfg.seed, train_cfg.copy_paste_placement
+            anomalies, bases, train_cfg.copy_paste_variants, train_cfg.seed, train_cfg.copy_paste_placement
         )
-        self.cache: FeatureCache = build_feature_cache(
-            self.model, normals + anomalies + synthetic + calibration, device=self.device
+        local = build_feature_cache(self.model, normals + anomalies + synthetic, device=self.device)
+        canonical = training_item_ids(plan, train_cfg.copy_paste_variants)
+        self.cache: FeatureCache = gather_feature_cache(local, canonical, self.group) + build_feature_cache(
+            self.model, calibration, device=self.device
         )
         self.feature_seconds = time.perf_counter() - t0
         self.optimizer = make_optimizer(self.model.flows, train_cfg.lr)
@@ -78,7 +97,8 @@ class FitSession:
     def run_meta_epoch(
         self, meta_epoch: int, entries: torch.Tensor, flows: Sequence[nn.Module] | None = None
     ) -> dict[str, float]:
-        gen = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + self.rank * 7919 + meta_epoch)
+        # not seeded by rank: every rank draws the same global batches and patch permutations
+        gen = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + meta_epoch)
         metrics = train_meta_epoch(
             list(flows) if flows is not None else list(self.model.flows),
             self.optimizer,
@@ -89,6 +109,7 @@ class FitSession:
             pos_dim=self.model_cfg.pos_dim,
             generator=gen,
             device=self.device,
+            group=self.group,
         )
         self.history.append(metrics)
         return metrics
@@ -129,12 +150,16 @@ class FitSession:
     ) -> tuple[Normaliser, float | None, str]:
         """Frozen normaliser (training normals) and the threshold at ``target_fpr`` on held-out normals
         (training normals when none are held out: ``source`` says which)."""
-        normaliser = fit_normaliser(self.model, self.cache, device=self.device, reduce_max=reduce_max)
+        # every rank holds all training normals: each takes every world-th one, the collectives combine
+        mine = self.cache.indices("normal")[self.group.rank :: self.group.world]
+        normaliser = fit_normaliser(
+            self.model, self.cache, device=self.device, reduce_max=reduce_max, indices=mine
+        )
         source = "heldout_normals"
         local = self.cache.indices("calibration")
         n_cal = gather(torch.tensor([float(len(local))])).sum()
         if float(n_cal) == 0:
-            source, local = "train_normals", self.cache.indices("normal")
+            source, local = "train_normals", mine
         scores = cached_image_scores(self.model, self.cache, local, normaliser, device=self.device)
         scores = gather(scores)
         threshold = threshold_at_fpr(scores.numpy(), self.train_cfg.target_fpr) if scores.numel() else None
@@ -174,4 +199,9 @@ def fit_bgad_local(
         if on_epoch is not None:
             on_epoch(metrics)
     normaliser, threshold, source = session.finalise()
-    return session.detector(normaliser, threshold, metadata={"threshold_source": source, "workers": 1})
+    meta = {
+        "threshold_source": source,
+        "workers": 1,
+        "distributed": schedule_record(train_cfg, session.history, 1),
+    }
+    return session.detector(normaliser, threshold, metadata=meta)
