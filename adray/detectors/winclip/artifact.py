@@ -41,7 +41,11 @@ def save_winclip(detector: WinClip, uri: str) -> None:
     config = detector.describe()
     config["max_tokens"] = detector.config.max_tokens
     config["weights_source"] = detector.backbone.weights_record()
-    metadata = {"threshold": detector.threshold, "precision_at_save": detector.config.precision}
+    metadata = {
+        "threshold": detector.threshold,
+        "decision": detector.decision.to_dict(),  # thresholds and how they were set
+        "precision_at_save": detector.config.precision,
+    }
     save_artifact(
         uri,
         detector=detector.name,
@@ -60,6 +64,7 @@ class WinClipArtifact:
     backbone: ClipBackbone
     config: dict[str, Any]  # the recorded settings (``WinClip.describe()`` + max_tokens, weights_source)
     threshold: float | None
+    decision: dict[str, Any] | None  # metadata.decision; None in artifacts written before it existed
     text_embeddings: torch.Tensor  # [2, D]: normal, anomalous
     memory: dict[str, torch.Tensor]  # WinCLIP+ reference memories by name; empty for zero-shot
     version: str
@@ -96,6 +101,7 @@ def read_winclip_artifact(uri: str, device: str | None = None) -> WinClipArtifac
         backbone=backbone,
         config=cfg,
         threshold=doc.get("metadata", {}).get("threshold"),
+        decision=doc.get("metadata", {}).get("decision"),
         text_embeddings=tensors["text_embeddings"],
         memory={k.removeprefix("memory."): v for k, v in tensors.items() if k.startswith("memory.")},
         version=doc["version"],

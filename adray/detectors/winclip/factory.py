@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from adray.backbones.open_clip import DEFAULT_MODEL, load_clip
+from adray.detectors.thresholds import DEFAULT_TARGET_FPR, DEFAULT_TARGET_PIXEL_FPR
 from adray.detectors.winclip.model import WinClip, WinClipConfig
 
 
@@ -23,10 +24,14 @@ def create_winclip(
     defect_types: Sequence[str] = (),
     temperature: float = 0.07,
     max_tokens: int = 32768,
+    target_fpr: float = DEFAULT_TARGET_FPR,
+    target_pixel_fpr: float = DEFAULT_TARGET_PIXEL_FPR,
 ) -> WinClip:
     """A WinCLIP detector for one category (the registry factory ``create_detector("winclip", ...)``).
 
-    ``reference_images`` (uint8 ``[H, W, 3]`` normal images) make it WinCLIP+ (k-shot). The open_clip
+    ``reference_images`` (uint8 ``[H, W, 3]`` normal images) make it WinCLIP+ (k-shot), its thresholds
+    placed on leave-one-out scores of those references at ``target_fpr`` (images) and
+    ``target_pixel_fpr`` (map pixels); see :mod:`adray.detectors.winclip.calibration`. The open_clip
     model is loaded once per process for ``(model_name, weights, pretrained_tag, device)``; no
     ``pretrained_tag`` means the model's default tag (``laion400m_e31`` for ViT-B-16-plus-240).
     """
@@ -38,6 +43,8 @@ def create_winclip(
         defect_types=tuple(defect_types),
         precision=precision,
         max_tokens=max_tokens,
+        target_fpr=target_fpr,
+        target_pixel_fpr=target_pixel_fpr,
     )
     detector = WinClip(backbone, config)
     if reference_images:

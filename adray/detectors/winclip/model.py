@@ -30,8 +30,9 @@ from adray.backbones.open_clip import (
     run_transformer,
     supports_mixed_blocks,
 )
+from adray.detectors import thresholds as decisions
 from adray.detectors.base import ScoreBatch
-from adray.detectors.winclip import artifact, scoring
+from adray.detectors.winclip import artifact, calibration, scoring
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
 from adray.detectors.winclip.windows import embed_tokens, encode_windows, harmonic_aggregation, window_indices
 
@@ -57,7 +58,10 @@ class WinClipConfig:
     defect_types: tuple[str, ...] = ()
     precision: str = "auto"  # what runs: effective_precision(); bf16 on CPU: windows only
     max_tokens: int = 32768  # tokens per transformer call (bounds memory); CPU: at most CPU_CHUNK_TOKENS
-    threshold: float | None = None
+    threshold: float | None = None  # an image threshold given by hand (else the decision's rule)
+    # WinCLIP+: the false-positive rates of its leave-one-out thresholds (images, map pixels)
+    target_fpr: float = decisions.DEFAULT_TARGET_FPR
+    target_pixel_fpr: float = decisions.DEFAULT_TARGET_PIXEL_FPR
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,9 +71,11 @@ class WinClipConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not self.scales or min(self.scales) < 1:
             raise ValueError(f"window scales must be positive patch counts, got {self.scales}")
+        self.target_fpr = decisions.check_rate("target_fpr", self.target_fpr)
+        self.target_pixel_fpr = decisions.check_rate("target_pixel_fpr", self.target_pixel_fpr)
 
 
-class WinClip:
+class WinClip(decisions.DecisionMixin):
     """Zero-shot WinCLIP; WinCLIP+ once :meth:`set_reference_images` is called. Implements the Detector contract."""
 
     name: ClassVar[str] = "winclip"
@@ -92,6 +98,10 @@ class WinClip:
             text = _class_text(backbone, config.class_name, config.defect_types)
         self.text_embeddings = text.float().to(self.device)  # [2, D]: normal, anomalous
         self.memory: dict[str, torch.Tensor] = {}
+        #: thresholds and their source: the zero-shot rule until references calibrate it
+        self.decision: decisions.Decision = decisions.zero_shot_decision()
+        if config.threshold is not None:
+            self.threshold = config.threshold
         self._version: str | None = None
 
     # ------------------------------------------------------------------------------------ construction
@@ -171,18 +181,27 @@ class WinClip:
     @torch.inference_mode()
     def set_reference_images(self, images: torch.Tensor | Sequence[np.ndarray] | None) -> None:
         """Build the WinCLIP+ memories from K normal images (``[K, 3, S, S]`` preprocessed tensors, or uint8
-        ``[H, W, 3]`` arrays); ``None`` or empty returns to zero-shot. Memories are L2-normalised."""
+        ``[H, W, 3]`` arrays); ``None`` or empty returns to zero-shot. Memories are L2-normalised.
+
+        Also sets :attr:`decision`: for K >= 2 both thresholds from leave-one-out scores of the references
+        at ``config.target_fpr`` / ``config.target_pixel_fpr`` (:mod:`.calibration`); K = 1 and zero-shot
+        take their uncalibrated rules (:mod:`adray.detectors.thresholds`)."""
         self._version = None
         if images is None or len(images) == 0:
             self.memory = {}
+            self.decision = decisions.zero_shot_decision()
             return
         if not isinstance(images, torch.Tensor):
             images = torch.from_numpy(np.stack([self.preprocess({"image": im})["image"] for im in images]))
-        tokens, _, patches = self.encode_images(images)
+        images = self._as_images(images)
+        tokens, image_emb, patches = self.encode_images(images)
         windows = self.window_embeddings(images, tokens)
-        memory = {"patch": patches.flatten(0, 1)}
-        memory.update({f"window_{k}": emb.flatten(0, 1) for k, emb in windows.items()})
-        self.memory = {name: nn.functional.normalize(m.float(), dim=-1) for name, m in memory.items()}
+        per_ref = {"patch": patches, **{f"window_{k}": emb for k, emb in windows.items()}}
+        per_ref = {name: nn.functional.normalize(m.float(), dim=-1) for name, m in per_ref.items()}
+        self.memory = {name: m.flatten(0, 1) for name, m in per_ref.items()}
+        self.decision = calibration.reference_decision(
+            self, image_emb, patches, windows, per_ref, tuple(images.shape[-2:])
+        )
 
     @property
     def k_shot(self) -> int:
@@ -197,6 +216,19 @@ class WinClip:
         images = self._as_images(images)
         tokens, image_emb, patches = self.encode_images(images)
         windows = self.window_embeddings(images, tokens)
+        scores, maps = self.score_encoded(image_emb, patches, windows, self.memory, tuple(images.shape[-2:]))
+        return ScoreBatch(scores, maps)
+
+    def score_encoded(
+        self,
+        image_emb: torch.Tensor,
+        patches: torch.Tensor,
+        windows: Mapping[int, torch.Tensor],
+        memory: Mapping[str, torch.Tensor],
+        size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image scores ``[N]``, maps ``[N, *size]``), float32 CPU, from encoded images against ``memory``
+        (empty: zero-shot); :meth:`score` after encoding, and the leave-one-out calibration's scorer."""
         text = self.text_embeddings
         temp = self.config.temperature
         image_scores = scoring.class_scores(image_emb, text, temp)
@@ -205,14 +237,14 @@ class WinClip:
             for k in self.indices
         ]
         grid_map = scoring.zero_shot_map(image_scores, scale_maps)
-        if self.memory:
-            few = [scoring.visual_association(patches, self.memory["patch"]).reshape(-1, *self.grid)]
+        if memory:
+            few = [scoring.visual_association(patches, memory["patch"]).reshape(-1, *self.grid)]
             for k in self.indices:
-                assoc = scoring.visual_association(windows[k], self.memory[f"window_{k}"])
+                assoc = scoring.visual_association(windows[k], memory[f"window_{k}"])
                 few.append(harmonic_aggregation(assoc, self.grid, k))
             image_scores, grid_map = scoring.fuse_few_shot(image_scores, grid_map, few)
-        maps = scoring.upsample(grid_map, tuple(images.shape[-2:]))
-        return ScoreBatch(image_scores.float().cpu(), maps.float().cpu())
+        maps = scoring.upsample(grid_map, size)
+        return image_scores.float().cpu(), maps.float().cpu()
 
     def _as_images(self, images: Any) -> torch.Tensor:
         x = torch.as_tensor(images)
@@ -231,14 +263,6 @@ class WinClip:
     def categories(self) -> tuple[str, ...]:
         return (self.config.class_name,)
 
-    @property
-    def threshold(self) -> float | None:
-        return self.config.threshold
-
-    @threshold.setter
-    def threshold(self, value: float | None) -> None:
-        self.config.threshold = None if value is None else float(value)
-
     def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
         cfg = self.backbone.preprocess_cfg
         return {"image": scoring.preprocess_image(sample["image"], self.image_size, cfg["mean"], cfg["std"])}
@@ -249,7 +273,8 @@ class WinClip:
         cfg = asdict(self.config)
         cfg.pop("precision")
         cfg.pop("max_tokens")
-        cfg.pop("threshold")
+        for key in ("threshold", "target_fpr", "target_pixel_fpr"):  # decisions, not scores
+            cfg.pop(key)
         cfg["class_words"] = clean_class_name(self.config.class_name)
         cfg["backbone"] = self.backbone.spec
         cfg["image_size"] = list(self.image_size)
@@ -285,11 +310,11 @@ class WinClip:
             defect_types=tuple(cfg["defect_types"]),
             precision=precision,
             max_tokens=int(cfg.get("max_tokens", 32768)),
-            threshold=art.threshold,
             extra=dict(cfg.get("extra", {})),
         )
         detector = cls(art.backbone, config, text=art.text_embeddings)
         detector.memory = {k: v.to(detector.device) for k, v in art.memory.items()}
+        detector.decision = calibration.loaded_decision(art.decision, art.threshold, detector.k_shot)
         if detector.version != art.version:
             raise ValueError(
                 f"artifact {uri} does not reproduce its version {art.version} (got {detector.version})"
