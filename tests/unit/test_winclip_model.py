@@ -38,7 +38,7 @@ def test_detector_contract(zero_shot):
         scores.anomaly_map.dtype == torch.float32
         and ((scores.anomaly_map > 0) & (scores.anomaly_map < 1)).all()
     )
-    assert zero_shot.categories == ("metal_nut",) and zero_shot.threshold is None
+    assert zero_shot.categories == ("metal_nut",) and zero_shot.threshold == 0.5  # the prompt rule
     assert zero_shot.name == "winclip" and zero_shot.modalities == ("rgb",)
     assert len(zero_shot.version) == 16
     with pytest.raises(ValueError, match="preprocess"):
