@@ -62,12 +62,17 @@ def test_old_artifact_loads_with_the_median_rule_recorded(built, tmp_path: Path)
     det.save(str(uri))
     doc = json.loads((uri / "config.json").read_text())
     assert doc["config"]["m3dm"]["dlf_scale_quantile"] == 0.9
-    for key in ("dlf_scale_quantile", "dlf_pixel_rows"):  # as written before these fields existed
-        del doc["config"]["m3dm"][key]
-    (uri / "config.json").write_text(json.dumps(doc))
-    old = load_detector(str(uri))
-    assert old.config.dlf_scale_quantile == 0.5 and old.config.dlf_pixel_rows == "all"
-    assert torch.equal(old.pixel_svm.scale, det.pixel_svm.scale.double())  # the stored scales are used
+    assert doc["config"]["m3dm"]["dlf_pixel_rows"] == "foreground"
+    old_doc = det.config.to_dict()
+    for key in ("dlf_scale_quantile", "dlf_pixel_rows"):  # a config written before these fields existed
+        del old_doc[key]
+    config = M3DMConfig.from_dict(old_doc)
+    assert config.dlf_scale_quantile == 0.5 and config.dlf_pixel_rows == "all"
+    old = M3DMDetector(config, det.extractor, None, det.banks, det.image_svm, det.pixel_svm, det.threshold)
+    old.save(str(tmp_path / "old"))
+    loaded = load_detector(str(tmp_path / "old"))
+    assert loaded.config.dlf_scale_quantile == 0.5 and loaded.config.dlf_pixel_rows == "all"
+    assert torch.equal(loaded.pixel_svm.scale, det.pixel_svm.scale.double())  # the stored scales are used
 
 
 def test_config_rejects_unknown_pixel_rows():
