@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build-m3dm": ("build_m3dm", "build an M3DM detector (features, fusion, memory banks) with Ray"),
     "evaluate": ("evaluate", "evaluate results against ground truth; JSON + HTML report"),
     "labels": ("labels", "import labels (CSV / Parquet) into a results root; list the latest"),
+    "review": ("review", "write a self-contained HTML page to label the top and sampled items; exports CSV"),
     "benchmark": ("benchmark", "run the benchmarks (winclip, pipeline, bgad-fit, m3dm, all)"),
     "demo": ("demo", "generate a demo archive, score it and query the results"),
 }

@@ -112,7 +112,15 @@ def load_schema(name: str) -> pa.Schema:
     field metadata and the schema name/version as schema metadata."""
     doc = schema_doc(name)
     fields = [_arrow_field(e) for e in _entries(doc)]
-    return pa.schema(fields, metadata={"adray.schema": name, "adray.schema_version": str(doc["version"])})
+    meta = {"adray.schema": name, "adray.schema_version": schema_version(name)}
+    return pa.schema(fields, metadata=meta)
+
+
+def schema_version(name: str) -> str:
+    """``"<version>.<minor_version>"`` of schema ``name`` (``"1.1"`` for results). A minor version adds
+    nullable columns only: files of an older minor version read with those columns null."""
+    doc = schema_doc(name)
+    return f"{doc['version']}.{doc.get('minor_version', 0)}"
 
 
 def required_columns(name: str) -> list[str]:

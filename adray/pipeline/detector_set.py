@@ -131,9 +131,13 @@ def _read_reference(uri: str) -> Any:
     return decode_image(storage.read_bytes(uri))
 
 
+#: options a run offers every registry detector; a factory that does not take one never sees it
+_OFFERED = frozenset({"device", "reference_images", "target_fpr", "target_pixel_fpr"})
+
+
 def _accepted(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Drop options the factory does not take (``device``/``reference_images`` are offered, not imposed)."""
-    return factory_accepts(name, options, frozenset({"device", "reference_images"}))
+    return factory_accepts(name, options, _OFFERED)
 
 
 @functools.lru_cache(maxsize=8)

@@ -24,6 +24,7 @@ import pyarrow as pa
 from adray import __version__ as adray_version
 from adray import schemas, storage
 from adray.io.masks import encode_map_png16, map_to_image, mask_key
+from adray.regions import find_regions
 
 #: Result columns in the order of ``schemas/results``.
 RESULT_FIELDS = tuple(schemas.load_schema("results").names)
@@ -33,9 +34,18 @@ _MASK_WRITE_THREADS = 8
 
 
 def finalize_batch(
-    batch: pa.Table, *, run_id: str, detector: str, output: str, write_masks: bool = True
+    batch: pa.Table,
+    *,
+    run_id: str,
+    detector: str,
+    output: str,
+    write_masks: bool = True,
+    pixel_size_mm: float | None = None,
 ) -> pa.Table:
-    """``map_batches`` UDF (pyarrow format): maps -> mask PNGs in storage; rows -> typed results table."""
+    """``map_batches`` UDF (pyarrow format): maps -> mask PNGs in storage; rows -> typed results table.
+
+    Each map at image resolution also gives the item's defect regions above its ``pixel_threshold``
+    (:func:`adray.regions.find_regions`; areas in mm² with ``pixel_size_mm``)."""
     cols = {name: batch.column(name).to_pylist() for name in batch.column_names if name != "map"}
     maps = batch.column("map").to_pylist()
     n = batch.num_rows
@@ -45,10 +55,15 @@ def finalize_batch(
     map_max: list[float | None] = [None] * n
     status, error = list(cols["status"]), list(cols["error"])
     frames = cols.get("map_frame", [None] * n)  # M3DM's pad offsets: the map in the scan's own pixels
+    pixel_thr = cols.get("pixel_threshold", [None] * n)
+    regions: list[list[dict[str, Any]] | None] = [None] * n
+    region_count: list[int | None] = [None] * n
 
     def store(i: int) -> None:
         m = np.frombuffer(maps[i], dtype=np.float32).reshape(cols["map_h"][i], cols["map_w"][i]).copy()
         m = map_to_image(m, (int(cols["orig_h"][i]), int(cols["orig_w"][i])), frames[i])
+        if pixel_thr[i] is not None:
+            regions[i], region_count[i] = find_regions(m, pixel_thr[i], pixel_size_mm=pixel_size_mm)
         png, lo, hi = encode_map_png16(m)
         url = storage.join_url(output, mask_key(cols["detector_version"][i], cols["item_id"][i]))
         if write_masks:
@@ -91,6 +106,12 @@ def finalize_batch(
         "latency_ms": [v if st == "ok" else None for v, st in zip(cols["latency_ms"], status)],
         "date": [now.strftime("%Y-%m-%d")] * n,
         "note": cols.get("note", [None] * n),
+        "threshold_source": [
+            v if st == "ok" else None for v, st in zip(cols.get("threshold_source", [None] * n), status)
+        ],
+        "pixel_threshold": [v if st == "ok" else None for v, st in zip(pixel_thr, status)],
+        "regions": [v if st == "ok" else None for v, st in zip(regions, status)],
+        "region_count": [v if st == "ok" else None for v, st in zip(region_count, status)],
     }
     return results_table(data)
 

@@ -247,6 +247,7 @@ def _check_and_count(
             c.ok = c.status_counts.get("ok", 0)
             c.errors = n - c.ok
             c.anomalous = int(pc.sum(pc.fill_null(mine["is_anomalous"], False).cast(pa.int64())).as_py() or 0)
+            c.undecided = c.ok - c.anomalous - int(pc.sum(pc.invert(mine["is_anomalous"])).as_py() or 0)
             distinct = len(set(zip(mine["item_id"].to_pylist(), mine["detector_version"].to_pylist())))
             if distinct != n:
                 problems.append(f"{c.name}: {n - distinct} duplicate rows")

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from adray import storage
+from adray.detectors.thresholds import decision_of
 from adray.pipeline.decode import unpack_arrays
 from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.spec import DetectorSpec
@@ -68,6 +69,8 @@ def score_batch(detectors: DetectorSet, batch: pa.Table) -> pa.Table:
     pre = batch.column("pre").to_pylist()
     image_score: list[float | None] = [None] * n
     threshold: list[float | None] = [None] * n
+    pixel_threshold: list[float | None] = [None] * n
+    threshold_source: list[str | None] = [None] * n
     latency: list[float | None] = [None] * n
     map_bytes: list[bytes | None] = [None] * n
     map_h = [0] * n
@@ -85,7 +88,7 @@ def score_batch(detectors: DetectorSet, batch: pa.Table) -> pa.Table:
             with torch.inference_mode():
                 scores, maps = detector.score(inputs).numpy()
             per_item_ms = (time.perf_counter() - t0) * 1000.0 / len(rows)
-            thr = detector.threshold
+            decision = decision_of(detector)  # image and pixel thresholds, and how they were set
         except Exception as e:  # one broken group must not lose the other rows of the batch
             for i in rows:
                 status[i], error[i] = "error", f"detector failed: {type(e).__name__}: {e}"
@@ -96,7 +99,8 @@ def score_batch(detectors: DetectorSet, batch: pa.Table) -> pa.Table:
                 status[i], error[i] = "error", "detector returned a non-finite score or map"
                 continue
             image_score[i] = float(scores[j])
-            threshold[i] = None if thr is None else float(thr)
+            threshold[i], pixel_threshold[i] = decision.threshold, decision.pixel_threshold
+            threshold_source[i] = decision.source
             latency[i] = per_item_ms
             map_bytes[i] = m.tobytes()
             map_h[i], map_w[i] = m.shape
@@ -106,6 +110,8 @@ def score_batch(detectors: DetectorSet, batch: pa.Table) -> pa.Table:
         ("error", error, pa.string()),
         ("image_score", image_score, pa.float32()),
         ("threshold", threshold, pa.float32()),
+        ("pixel_threshold", pixel_threshold, pa.float32()),
+        ("threshold_source", threshold_source, pa.string()),
         ("latency_ms", latency, pa.float32()),
         ("map", map_bytes, pa.binary()),
         ("map_h", map_h, pa.int32()),

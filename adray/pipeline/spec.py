@@ -1,23 +1,29 @@
 """What a scoring run is asked to do: :class:`ScoreConfig` (the run) and :class:`DetectorSpec` (one detector).
 
-Both are plain dataclasses, validated at the edge (:meth:`ScoreConfig.validated`) and small enough to be
-pickled into every Ray task and actor. A detector is named either by registry name (``winclip``: built
-by its factory, one instance per category with ``class_name=<category>`` unless ``--class-name`` pins
-it) or by a fitted artifact URI (a folder with ``config.json``, loaded with ``load_detector``). The
+Both are pydantic models (:class:`adray.config.Config`): values are checked when they are built (a bad one
+is a one-line :class:`adray.errors.ConfigError` naming its flag), :meth:`ScoreConfig.validated` fills the
+run id and makes paths absolute, and both are small enough to be pickled into every Ray task and actor.
+The fields of :class:`ScoreConfig` are also the flags of ``adray score`` / ``reinspect``.
+
+A detector is named either by registry name (``winclip``: built by its factory, one instance per category
+with ``class_name=<category>`` unless ``--class-name`` pins it) or by a fitted artifact URI (a folder with ``config.json``, loaded with ``load_detector``). The
 pipeline never branches on which detector it is: everything goes through the Detector contract.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, field_validator
 
 from adray import storage
+from adray.config import Config, Flag, flag_values
 from adray.errors import ConfigError
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -27,9 +33,51 @@ RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 WEIGHT_KEYWORDS = ("pretrained", "random", "auto")
 
 
-@dataclass(frozen=True)
-class DetectorSpec:
-    """One detector of a run, as data: registry name or artifact URI, plus factory options."""
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["model_name=adray-tiny-clip", "image_size=64"]`` -> dict; values are JSON when they parse."""
+    out: dict[str, Any] = {}
+    for key, value in split_pairs(pairs, "--detector-option").items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}`` (values stay strings)."""
+    return split_pairs(pairs, "--actor-env")
+
+
+def split_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> dict (split at the first ``=``); a pair without one names ``flag``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _bit_depth(text: str) -> int | None:
+    """``--bit-depth`` values: ``auto`` (None) or 1..16."""
+    if text == "auto":
+        return None
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if not 1 <= bits <= 16:
+        raise argparse.ArgumentTypeError(f"want auto or an integer 1..16, got {text!r}")
+    return bits
+
+
+class DetectorSpec(Config):
+    """One detector of a run, as data: registry name or artifact URI, plus factory options (frozen and
+    hashable: it keys the per-process detector cache)."""
+
+    model_config = ConfigDict(frozen=True)
 
     ref: str  # "winclip" or an artifact URI
     weights: str = "pretrained"
@@ -55,77 +103,171 @@ def looks_like_artifact(ref: str) -> bool:
     return "://" in ref or ref.startswith(("/", ".", "~")) or os.sep in ref
 
 
-@dataclass
-class ScoreConfig:
-    """One scoring (or re-inspection) run. Defaults suit a small CPU run; scale with the resource fields."""
+class ScoreConfig(Config):
+    """One scoring (or re-inspection) run. Defaults suit a small CPU run; scale with the resource fields.
 
-    input: str  # a dataset prefix with a known layout, or a manifest URI (.parquet)
-    output: str  # storage root: results/, masks/, runs/, manifests/
-    detectors: list[str] = field(default_factory=lambda: ["winclip"])
-    weights: str = "pretrained"  # pretrained | random | PATH (backbone weights for registry detectors)
-    run_id: str | None = None  # default: the Ray submission id, else a UTC timestamp
-    class_name: str | None = None  # override the prompt class name of zero-shot detectors
-    detector_options: dict[str, Any] = field(default_factory=dict)  # extra factory options
-    layout: str = "auto"  # dataset layout when input is a prefix
-    split: str = "test"  # which manifest split to score; "all" for every item
-    categories: list[str] | None = None  # only these categories
-    limit: int | None = None  # score at most this many items (smoke runs)
-    reference: str | None = None  # k-shot references: a manifest/prefix whose train split holds normal items
-    shots: int = 0  # K reference items per category (0 = zero-shot)
-    seed: int = 0
+    Each field states its default, bounds and help once; ``adray score`` / ``reinspect`` generate their
+    flags from the fields (:func:`adray.config.add_flags`). A bad value raises
+    :class:`adray.errors.ConfigError` naming the flag.
+    """
+
+    model_config = ConfigDict(title="scoring configuration")
+
+    # data
+    input: Annotated[str, Flag("--input")] = Field(
+        description="dataset prefix with a known layout, or a manifest URI (.parquet/.csv/.jsonl)"
+    )
+    output: Annotated[str, Flag("--output")] = Field(
+        description="storage root for results/, masks/, runs/ (local path or s3://...)"
+    )
+    layout: Annotated[str, Flag("--layout")] = Field(
+        "auto", description="dataset layout when --input is a prefix (auto, mvtec, mvtec3d, visa, folder)"
+    )
+    split: Annotated[str, Flag("--split")] = Field(
+        "test", description="manifest split to score (train, validation, test) or 'all' (default: test)"
+    )
+    categories: Annotated[list[str] | None, Flag("--category", metavar="NAME", repeatable=True)] = Field(
+        None, description="score only this category (repeatable)"
+    )
+    limit: Annotated[int | None, Flag("--limit")] = Field(
+        None, ge=0, description="score at most N items (smoke runs)"
+    )
+    allow_prefixes: Annotated[list[str], Flag("--allow-prefix", metavar="PREFIX", repeatable=True)] = Field(
+        default_factory=list,
+        description="read only item URIs under PREFIX (repeatable; e.g. s3://bucket/images); any other URI "
+        "gets a row with status not_allowed. By default a manifest's URIs are read with the job's rights, "
+        "whatever they name",
+    )
+    max_pixels: Annotated[int, Flag("--max-pixels")] = Field(
+        64_000_000,
+        ge=1,
+        description="images over this many pixels get status too_large (decompression-bomb guard)",
+    )
+    max_points: Annotated[int, Flag("--max-points")] = Field(
+        64_000_000,
+        ge=1,
+        description="point clouds whose header declares more points get status too_large (checked before "
+        "reading)",
+    )
+    bit_depth: Annotated[int | None, Flag("--bit-depth", metavar="auto|BITS", type=_bit_depth)] = Field(
+        None,
+        ge=1,
+        le=16,
+        description="significant bits of 16-bit images, e.g. 12 for 12-bit camera data (default auto: the "
+        "smallest of 10/12/14/16 bits that holds the image's maximum, noted in the row; a bit_depth "
+        "manifest column sets it per item)",
+    )
+    # detectors
+    detectors: Annotated[list[str], Flag("--detector", metavar="NAME_OR_ARTIFACT_URI", repeatable=True)] = (
+        Field(
+            default_factory=lambda: ["winclip"],
+            description="a registry name (winclip) or a fitted artifact folder URI (BGAD, M3DM); repeatable "
+            "(default: winclip)",
+        )
+    )
+    weights: Annotated[str, Flag("--weights")] = Field(
+        "pretrained",
+        description="backbone weights of registry detectors: pretrained | random (tests/demos) | PATH",
+    )
+    class_name: Annotated[str | None, Flag("--class-name")] = Field(
+        None, description="object name in zero-shot prompts (default: each item's category)"
+    )
+    reference: Annotated[str | None, Flag("--reference", metavar="URI")] = Field(
+        None,
+        description="k-shot: manifest or prefix whose train split holds the normal reference items "
+        "(default: --input)",
+    )
+    shots: Annotated[int, Flag("--shots", metavar="K")] = Field(
+        0,
+        ge=0,
+        description="k-shot: K normal reference items per category from the train split (0 = zero-shot)",
+    )
+    seed: Annotated[int, Flag("--seed")] = Field(0, description="seed for choosing reference items")
+    detector_options: Annotated[
+        dict[str, Any],
+        Flag(
+            "--detector-option",
+            dest="detector_option",
+            metavar="KEY=VALUE",
+            repeatable=True,
+            parse=parse_options,
+        ),
+    ] = Field(
+        default_factory=dict,
+        description="extra factory option for registry detectors, e.g. model_name=adray-tiny-clip "
+        "(repeatable; JSON values parse)",
+    )
+    plugins: Annotated[list[str], Flag("--plugin", metavar="MODULE[:FUNCTION]", repeatable=True)] = Field(
+        default_factory=list,
+        description="import MODULE (and call FUNCTION) in every worker before building detectors (extra "
+        "detectors or model configs)",
+    )
+    # run and resources
+    run_id: Annotated[str | None, Flag("--run-id")] = Field(
+        None,
+        description="run id (default: the Ray submission id under `ray job submit`, else run-<UTC time>); "
+        "re-running an id adds no duplicate rows and resumes an interrupted run",
+    )
+    num_gpus: Annotated[float, Flag("--num-gpus")] = Field(
+        0.0, ge=0, description="GPUs per scoring actor (e.g. 1, or 0.5 to pack two)"
+    )
+    num_cpus: Annotated[float, Flag("--num-cpus")] = Field(1.0, ge=0, description="CPUs per scoring actor")
+    batch_size: Annotated[int, Flag("--batch-size")] = Field(16, ge=1, description="items per scoring batch")
+    actors: Annotated[int, Flag("--actors")] = Field(
+        1, ge=1, description="scoring actors (each loads the model once)"
+    )
+    decode_batch_size: Annotated[int, Flag("--decode-batch-size")] = Field(
+        16, ge=1, description="items per decode/preprocess task batch"
+    )
+    decode_cpus: Annotated[float, Flag("--decode-cpus")] = Field(
+        1.0, ge=0, description="CPUs per decode task"
+    )
+    rows_per_block: Annotated[int, Flag("--rows-per-block")] = Field(
+        64, ge=1, description="manifest rows per input block (streaming granularity)"
+    )
+    device: Annotated[str | None, Flag("--device")] = Field(
+        None, description="torch device in the scoring actors (default: cuda when --num-gpus > 0, else cpu)"
+    )
+    retain_memory: Annotated[bool, Flag("--no-retain-memory", negate=True)] = Field(
+        True,
+        description="leave glibc's allocator at its defaults in the scoring actors (by default they keep "
+        "freed blocks for reuse, which saves re-faulting large activations every batch; see "
+        "adray/runtime.py)",
+    )
+    actor_env: Annotated[
+        dict[str, str], Flag("--actor-env", metavar="KEY=VALUE", repeatable=True, parse=parse_env)
+    ] = Field(
+        default_factory=dict,
+        description="environment variable for the scoring actors (repeatable); CPU actors default to "
+        "OMP_WAIT_POLICY=PASSIVE unless this or the driver's environment sets it",
+    )
+    address: str | None = None  # Ray cluster (auto, host:port, ray://...); flag: cluster.add_address_argument
+    # not flags
     delta: bool = False  # score only items whose (item_id, detector_version, content_token) has no result
-    num_gpus: float = 0.0  # per scoring actor
-    num_cpus: float = 1.0  # per scoring actor
-    batch_size: int = 16  # scoring batch size
-    actors: int = 1  # scoring actors
-    decode_batch_size: int = 16
-    decode_cpus: float = 1.0  # per decode task
-    max_pixels: int = 64_000_000  # decompression-bomb guard for images
-    max_points: int = 64_000_000  # point-cloud size guard, checked from the file's header
-    bit_depth: int | None = None  # significant bits of >8-bit images (None: detect; manifest bit_depth wins)
-    rows_per_block: int = 64  # manifest rows per input block (streaming granularity)
-    device: str | None = None  # torch device inside the actors (default: cuda if num_gpus else cpu)
-    plugins: list[str] = field(default_factory=list)  # "pkg.mod[:function]" to load in every worker
-    retain_memory: bool = True  # actors keep freed blocks for reuse (adray.runtime.retain_freed_memory)
-    actor_env: dict[str, str] = field(default_factory=dict)  # extra env vars for scoring actors (see actor_env_vars)
-    address: str | None = None  # Ray cluster to attach to (auto, host:port, ray://...); default RAY_ADDRESS or embedded
-    allow_prefixes: list[str] = field(default_factory=list)  # read only URIs under these (else status not_allowed)
-    read_attempts: int = 5  # reads of one object before its row is read_error (adray.storage.read_object)
+    # reads of one object before its row is read_error (adray.storage.read_object)
+    read_attempts: int = Field(5, ge=1)
 
-    def validated(self) -> ScoreConfig:
-        """Check values a person typed; fill the run id; make local paths absolute (Ray workers do not share
-        the driver's working directory). Returns ``self`` for chaining."""
-        problems = []
-        if not self.detectors:
-            problems.append(
+    @field_validator("detectors")
+    @classmethod
+    def _some_detector(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(
                 "give at least one --detector (a registry name such as winclip, or an artifact URI)"
             )
+        return value
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_pattern(cls, value: str | None) -> str | None:
+        if value is not None and not RUN_ID_PATTERN.match(value):
+            raise ValueError(f"--run-id {value!r} may only use letters, digits, '-' and '_' (max 128)")
+        return value
+
+    def validated(self) -> ScoreConfig:
+        """Fill the run id; check the storage URLs; make local paths absolute (Ray workers do not share
+        the driver's working directory). Values were checked when the config was built. Returns ``self``."""
         if self.run_id is None:
             self.run_id = default_run_id()
-        if not RUN_ID_PATTERN.match(self.run_id):
-            problems.append(f"--run-id {self.run_id!r} may only use letters, digits, '-' and '_' (max 128)")
-        for name, value, low in (
-            ("--batch-size", self.batch_size, 1),
-            ("--actors", self.actors, 1),
-            ("--decode-batch-size", self.decode_batch_size, 1),
-            ("--rows-per-block", self.rows_per_block, 1),
-        ):
-            if int(value) < low:
-                problems.append(f"{name} must be >= {low}, got {value}")
-        if self.num_gpus < 0 or self.num_cpus < 0:
-            problems.append("--num-gpus and --num-cpus must be >= 0")
-        if self.read_attempts < 1:
-            problems.append(f"read_attempts must be >= 1, got {self.read_attempts}")
-        if self.max_pixels < 1 or self.max_points < 1:
-            problems.append("--max-pixels and --max-points must be >= 1")
-        if self.bit_depth is not None and not 1 <= self.bit_depth <= 16:
-            problems.append(f"--bit-depth must be auto or 1..16, got {self.bit_depth}")
-        if self.shots < 0:
-            problems.append(f"--shots must be >= 0, got {self.shots}")
-        if self.limit is not None and self.limit < 0:
-            problems.append(f"--limit must be >= 0, got {self.limit}")
-        if problems:
-            raise ConfigError("invalid scoring configuration:\n  - " + "\n  - ".join(problems))
         storage.resolve(self.input)
         storage.resolve(self.output)
         self.input = storage.absolute_url(self.input)
@@ -173,9 +315,14 @@ class ScoreConfig:
     def to_json(self) -> dict[str, Any]:
         """The config as JSON for the run record; ``actor_env`` by names only (values may be secrets), URLs
         and other text without user info (:func:`adray.storage.redact_text`)."""
-        doc = json.loads(json.dumps(asdict(self), default=str))
+        doc = json.loads(json.dumps(self.model_dump(mode="json"), default=str))
         doc["actor_env"] = sorted(self.actor_env)
         return _redacted(doc)
+
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace, **overrides: Any) -> ScoreConfig:
+        """The config the parsed ``adray score`` flags describe (absent repeatable flags: the defaults)."""
+        return cls(**{**flag_values(cls, args), **overrides})
 
 
 def _redacted(value: Any) -> Any:
@@ -236,30 +383,3 @@ def load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
 
 
 _LOADED_PLUGINS: set[str] = set()
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["model_name=adray-tiny-clip", "image_size=64"]`` -> dict; values are JSON when they parse."""
-    out: dict[str, Any] = {}
-    for key, value in split_pairs(pairs, "--detector-option").items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def parse_env(pairs: list[str] | None) -> dict[str, str]:
-    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}`` (values stay strings)."""
-    return split_pairs(pairs, "--actor-env")
-
-
-def split_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
-    """``KEY=VALUE`` strings -> dict (split at the first ``=``); a pair without one names ``flag``."""
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} wants KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out

@@ -20,11 +20,22 @@ class DetectorCounts:
     ok: int = 0
     errors: int = 0
     anomalous: int = 0
+    undecided: int = 0  # ok rows without a decision (no threshold): the summary says n/a, never 0
     not_applicable: int = 0
     skipped_delta: int = 0  # already scored by committed runs with the same content (re-inspection)
     resumed: int = 0  # already written by this run id before (re-run or resume)
     scored_now: int = 0  # rows produced by this invocation
     status_counts: dict[str, int] = field(default_factory=dict)
+
+
+def anomalous_cell(d: DetectorCounts) -> str:
+    """The summary's "anomalous" cell: the count when every ok row has a decision; ``n/a`` when none
+    has; ``<n> (+<m> n/a)`` when only some have (a detector without a threshold for some categories)."""
+    if d.undecided <= 0 or d.ok == 0:
+        return str(d.anomalous)
+    if d.undecided >= d.ok:
+        return "n/a"
+    return f"{d.anomalous} (+{d.undecided} n/a)"
 
 
 @dataclass
@@ -105,7 +116,7 @@ class RunSummary:
                     str(d.rows_in + d.not_applicable + d.skipped_delta),
                     str(d.ok),
                     str(d.errors),
-                    str(d.anomalous),
+                    anomalous_cell(d),
                     str(d.not_applicable),
                     str(d.skipped_delta),
                     str(d.resumed),

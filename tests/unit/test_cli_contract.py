@@ -3,7 +3,8 @@ parser) keeps its option strings, defaults, help, groups, choices and kinds (rep
 flags, ...). ``cli_contract.json`` was generated once from the code before the configs became pydantic
 models; refactors must keep it green.
 
-A deliberate, additive change to the CLI (a new flag) regenerates the fixture and shows up in review::
+New flags and subcommands are additive and pass; regenerate the fixture to record them (the diff shows up
+in review)::
 
     ADRAY_WRITE_CLI_CONTRACT=1 .venv/bin/pytest -q tests/unit/test_cli_contract.py
 """
@@ -90,24 +91,28 @@ def test_fixture_up_to_date_or_written():
     if os.environ.get("ADRAY_WRITE_CLI_CONTRACT") == "1":
         FIXTURE.write_text(json.dumps(contract, indent=1, sort_keys=True) + "\n")
     expected = json.loads(FIXTURE.read_text())
-    assert sorted(contract["commands"]) == sorted(expected["commands"])
-    assert contract["jobs"] == expected["jobs"]
+    assert set(expected["commands"]) <= set(contract["commands"]), "a subcommand was removed"
+    assert expected["jobs"].items() <= contract["jobs"].items(), "a jobs/*.py entry point was removed"
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
 def test_subcommand_flags_unchanged(name):
-    expected = json.loads(FIXTURE.read_text())["commands"][name]
+    recorded = json.loads(FIXTURE.read_text())["commands"]
+    if name not in recorded:  # additive: a new subcommand is no break; regenerating records it
+        pytest.skip(f"adray {name} is newer than the fixture")
+    expected = recorded[name]
     got = describe(build_parser(f"adray {name}", name))
     by_dest = {e["dest"]: e for e in got}
     for want in expected:  # per option first, so a failure names the flag
         assert by_dest.get(want["dest"]) == want, f"adray {name} {want['options'] or want['dest']}"
-    assert got == expected  # and the order (the help output's order)
+    kept = [e for e in got if e["dest"] in {w["dest"] for w in expected}]
+    assert kept == expected  # in the same order (the help output's); new flags may come in between
 
 
 @pytest.mark.parametrize("job", sorted(job_commands()))
 def test_job_entry_points_take_the_same_flags(job):
     name = job_commands()[job]
-    assert describe(build_parser(job, name)) == json.loads(FIXTURE.read_text())["commands"][name]
+    assert describe(build_parser(job, name)) == describe(build_parser(f"adray {name}", name))
 
 
 def test_describe_sees_flag_kinds():

@@ -14,7 +14,8 @@ from adray.schemas import SchemaError, conform_table, load_schema, validate_reco
 RESULT_COLUMNS = [
     "run_id", "item_id", "uri", "pc_uri", "category", "detector", "detector_version", "image_score",
     "threshold", "is_anomalous", "mask_uri", "map_min", "map_max", "status", "error", "label",
-    "defect_type", "content_token", "scored_at", "latency_ms", "date", "note",
+    "defect_type", "content_token", "scored_at", "latency_ms", "date", "note", "threshold_source",
+    "pixel_threshold", "regions", "region_count",
 ]  # fmt: skip
 
 

@@ -1,0 +1,157 @@
+"""One config mechanism: pydantic models whose fields say everything once (type, default, bounds, help,
+and the command-line flag), and argparse arguments generated from them.
+
+A config is a :class:`Config` (a pydantic ``BaseModel``): construction validates, a bad value raises
+:class:`adray.errors.ConfigError` with one line naming the flag (``adray <cmd>`` prints it and exits 2),
+and ``to_dict`` / ``from_dict`` are the JSON round trip. A field that is also a flag carries a
+:class:`Flag` in its ``Annotated`` metadata::
+
+    batch_size: Annotated[int, Flag("--batch-size")] = Field(16, ge=1, description="items per batch")
+
+:func:`add_flags` adds the named fields to a parser or argument group, in the order given (the help
+output's order), with the field's default and description; :func:`flag_values` reads them back from the
+parsed namespace as keyword arguments for the model. Defaults therefore live on the field alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+
+from adray.errors import ConfigError
+
+_C = TypeVar("_C", bound="Config")
+
+__all__ = ["Config", "ConfigError", "Flag", "add_flags", "explain", "flag_of", "flag_values"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one config field appears on the command line (put it in the field's ``Annotated`` metadata).
+
+    ``option``: the flag (``--batch-size``). ``dest``: the argparse destination when it is not the field
+    name (kept for flags whose namespace attribute other code reads). ``repeatable``: ``action="append"``
+    with argparse default ``None``, so an absent flag leaves the field's default. ``negate``: a
+    ``--no-...`` switch that stores ``False`` in a bool field. ``type``: the argparse converter (default:
+    the field's int / float type, none for text). ``parse``: turns the parsed value into the field's value
+    (``KEY=VALUE`` pairs into a dict, ...). ``help``: only where the help must differ from the field's
+    description.
+    """
+
+    option: str
+    dest: str | None = None
+    metavar: str | None = None
+    repeatable: bool = False
+    negate: bool = False
+    type: Callable[[str], Any] | None = None
+    parse: Callable[[Any], Any] | None = None
+    help: str | None = None
+
+
+class Config(BaseModel):
+    """Base of adray's configs: unknown keys are refused, validation errors are one-line ConfigErrors;
+    positional arguments fill the fields in declaration order (as the dataclasses they replace did)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, /, *args: Any, **data: Any) -> None:
+        names = list(type(self).model_fields)
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional arguments")
+        for name, value in zip(names, args):  # positional, in field order (as the dataclasses took them)
+            if name in data:
+                raise TypeError(f"{type(self).__name__} got two values for {name!r}")
+            data[name] = value
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(explain(type(self), e)) from None
+
+    def replace(self: _C, **changes: Any) -> _C:
+        """A validated copy with ``changes`` (as ``dataclasses.replace`` did for the dataclass configs)."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data (tuples become lists, nested configs dicts)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        """Inverse of :meth:`to_dict`; raises :class:`ConfigError` for unknown keys or bad values."""
+        return cls(**data)
+
+
+def flag_of(field: FieldInfo) -> Flag | None:
+    """The :class:`Flag` in a field's metadata, if it is a command-line flag."""
+    return next((m for m in field.metadata if isinstance(m, Flag)), None)
+
+
+def explain(model: type[BaseModel], error: ValidationError) -> str:
+    """A pydantic error as one line: each problem named by its flag (or field path), message, value."""
+    problems = []
+    for item in error.errors():
+        loc = item.get("loc") or ()
+        field = model.model_fields.get(str(loc[0])) if loc else None
+        flag = flag_of(field) if field is not None else None
+        where = flag.option if flag and len(loc) == 1 else ".".join(map(str, loc)) or "config"
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if item.get("type") == "extra_forbidden":
+            message = "unknown setting"
+        shown = "" if item.get("type") in ("missing", "value_error") else f" (got {item.get('input')!r})"
+        problems.append(f"{where}: {message[:1].lower()}{message[1:]}{shown}")
+    title = model.model_config.get("title") or model.__name__
+    return f"invalid {title}: " + "; ".join(problems)
+
+
+def add_flags(parser: Any, model: type[BaseModel], names: Iterable[str]) -> None:
+    """Add the flags of ``model``'s fields ``names`` to ``parser`` (a parser or an argument group)."""
+    for name in names:
+        field = model.model_fields[name]
+        flag = flag_of(field)
+        if flag is None:
+            raise TypeError(f"{model.__name__}.{name} has no Flag")
+        kwargs: dict[str, Any] = {"help": flag.help or field.description, "dest": flag.dest or name}
+        if flag.negate:
+            kwargs["action"] = "store_false"
+        elif flag.repeatable:
+            kwargs.update(action="append", default=None, metavar=flag.metavar)
+        else:
+            if field.is_required():
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = field.get_default(call_default_factory=True)
+            kwargs["type"] = flag.type or _scalar_type(field.annotation)
+            if flag.metavar:
+                kwargs["metavar"] = flag.metavar
+        parser.add_argument(flag.option, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def flag_values(model: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``model`` from the parsed flags of its fields (fields whose flag the parser
+    does not have, and repeatable flags not given, are left out: the field's default applies)."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        flag = flag_of(field)
+        dest = (flag.dest or name) if flag else name
+        if flag is None or not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        if flag.repeatable and value is None:
+            continue
+        out[name] = flag.parse(value) if flag.parse else value
+    return out
+
+
+def _scalar_type(annotation: Any) -> Callable[[str], Any] | None:
+    """int / float for ``int``, ``float`` and their optional forms; None (argparse's text) otherwise."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
+    return annotation if annotation in (int, float) else None

@@ -1,0 +1,102 @@
+"""One config mechanism (adray.config): pydantic configs round-trip through JSON, a bad value is one
+ConfigError line naming its flag (exit 2 through the CLI), and the flags are generated from the fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from typing import Annotated
+
+import pytest
+from pydantic import Field, ValidationError
+
+from adray.cli import build_parser, main
+from adray.config import Config, Flag, add_flags, flag_values
+from adray.errors import ConfigError
+from adray.pipeline.spec import DetectorSpec, ScoreConfig
+
+
+class _Tiny(Config):
+    size: Annotated[int, Flag("--size")] = Field(8, ge=1, description="edge in pixels")
+    names: Annotated[list[str], Flag("--name", metavar="N", repeatable=True)] = Field(
+        default_factory=lambda: ["a"], description="a name (repeatable)"
+    )
+    fast: Annotated[bool, Flag("--no-fast", negate=True)] = Field(True, description="go slow")
+    note: str | None = None
+
+
+def test_flags_come_from_the_fields():
+    parser = argparse.ArgumentParser()
+    add_flags(parser, _Tiny, ("size", "names", "fast"))
+    assert _Tiny(**flag_values(_Tiny, parser.parse_args([]))) == _Tiny()
+    got = _Tiny(
+        **flag_values(_Tiny, parser.parse_args(["--size", "3", "--name", "x", "--name", "y", "--no-fast"]))
+    )
+    assert (got.size, got.names, got.fast) == (3, ["x", "y"], False)
+    assert "edge in pixels" in parser.format_help()
+    with pytest.raises(ConfigError, match="--size"):
+        _Tiny(**flag_values(_Tiny, parser.parse_args(["--size", "0"])))
+
+
+def test_errors_are_one_line_and_name_the_flag():
+    with pytest.raises(ConfigError) as info:
+        ScoreConfig(input="i", output="o", batch_size=0, bit_depth=17)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("invalid scoring configuration: ")
+    assert "--batch-size" in text and "--bit-depth" in text and "got 0" in text and "got 17" in text
+    with pytest.raises(ConfigError, match="unknown setting"):
+        ScoreConfig(input="i", output="o", batch_sise=4)
+    with pytest.raises(ConfigError, match="at least one --detector"):
+        ScoreConfig(input="i", output="o", detectors=[])
+    with pytest.raises(ConfigError, match="--input: field required"):
+        ScoreConfig(output="o")
+
+
+def test_score_config_round_trips_through_json():
+    cfg = ScoreConfig(
+        input="s3://b/m.parquet",
+        output="/tmp/out",
+        detectors=["winclip", "s3://b/models/bgad"],
+        detector_options={"model_name": "adray-tiny-clip", "image_size": 64},
+        categories=["bottle"],
+        bit_depth=12,
+        num_gpus=0.5,
+        actor_env={"X": "1"},
+    )
+    doc = json.loads(json.dumps(cfg.to_dict()))
+    assert ScoreConfig.from_dict(doc) == cfg
+    assert pickle.loads(pickle.dumps(cfg)) == cfg  # shipped to Ray workers
+    assert cfg.replace(delta=True).delta and not cfg.delta
+
+
+def test_detector_spec_is_frozen_hashable_and_round_trips():
+    spec = DetectorSpec(
+        "winclip", weights="random", options=(("k", 1),), references=(("bottle", ("a", "b")),)
+    )
+    assert DetectorSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert hash(spec) == hash(DetectorSpec.from_dict(spec.to_dict()))
+    assert spec.reference_uris("bottle") == ("a", "b") and spec.replace(device="cpu").device == "cpu"
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.ref = "other"  # type: ignore[misc]
+
+
+def test_score_flags_build_the_config_and_defaults_are_the_fields():
+    from adray.commands.score import config_from_args
+
+    parser = build_parser("adray score", "score")
+    args = parser.parse_args(["--input", "m.parquet", "--output", "out", "--detector-option", "size=64"])
+    cfg = config_from_args(args)
+    default = ScoreConfig(input="m.parquet", output="out")
+    assert cfg.detector_options == {"size": 64}
+    assert cfg.replace(detector_options={}) == default  # every other value is the field's default
+
+
+def test_bad_flag_value_exits_2_with_one_line(tmp_path, capsys):
+    argv = ["score", "--input", str(tmp_path / "m.parquet"), "--output", str(tmp_path / "o"), "--actors", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("adray score: error: invalid scoring configuration:")
+    assert "--actors" in err
+    assert main(["score", "--input", "m", "--output", "o", "--actor-env", "NOEQUALS"]) == 2
+    assert "--actor-env wants KEY=VALUE" in capsys.readouterr().err
