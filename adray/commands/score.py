@@ -42,6 +42,7 @@ SCORE_FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "detector_options",
         "plugins",
     ),
+    "decisions": ("target_fpr", "target_pixel_fpr", "pixel_size_mm"),
     "run and resources": (
         "run_id",
         "num_gpus",

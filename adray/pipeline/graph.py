@@ -90,7 +90,12 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
     )
     return ds.map_batches(
         finalize_batch,
-        fn_kwargs={"run_id": run_id, "detector": job.name, "output": config.output},
+        fn_kwargs={
+            "run_id": run_id,
+            "detector": job.name,
+            "output": config.output,
+            "pixel_size_mm": config.pixel_size_mm,
+        },
         batch_size=config.batch_size,
         batch_format="pyarrow",
         num_cpus=0.5,

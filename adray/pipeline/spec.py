@@ -241,6 +241,26 @@ class ScoreConfig(Config):
         description="environment variable for the scoring actors (repeatable); CPU actors default to "
         "OMP_WAIT_POLICY=PASSIVE unless this or the driver's environment sets it",
     )
+    # decisions: the rates of thresholds placed at scoring time (WinCLIP+ on its references), pixel size
+    target_fpr: Annotated[float, Flag("--target-fpr")] = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="false-positive rate of thresholds calibrated at scoring time: WinCLIP+ (--shots >= 2) "
+        "on leave-one-out scores of its references (default: %(default)s). Fitted artifacts keep theirs",
+    )
+    target_pixel_fpr: Annotated[float, Flag("--target-pixel-fpr")] = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="pixel false-positive rate of the pixel threshold calibrated at scoring time, which "
+        "sets the defect regions (default: %(default)s)",
+    )
+    pixel_size_mm: Annotated[float | None, Flag("--pixel-size-mm")] = Field(
+        None,
+        gt=0,
+        description="size of one image pixel in millimetres: defect regions get area_mm2",
+    )
     address: str | None = None  # Ray cluster (auto, host:port, ray://...); flag: cluster.add_address_argument
     # not flags
     delta: bool = False  # score only items whose (item_id, detector_version, content_token) has no result
@@ -298,7 +318,8 @@ class ScoreConfig(Config):
 
     def detector_specs(self, references: dict[str, tuple[str, ...]] | None = None) -> list[DetectorSpec]:
         refs = tuple(sorted((references or {}).items()))
-        opts = tuple(sorted(self.detector_options.items()))
+        rates = {"target_fpr": self.target_fpr, "target_pixel_fpr": self.target_pixel_fpr}
+        opts = tuple(sorted({**rates, **self.detector_options}.items()))
         return [
             DetectorSpec(
                 ref=d,
