@@ -94,20 +94,33 @@ def flag_of(field: FieldInfo) -> Flag | None:
 
 
 def explain(model: type[BaseModel], error: ValidationError) -> str:
-    """A pydantic error as one line: each problem named by its flag (or field path), message, value."""
-    problems = []
-    for item in error.errors():
-        loc = item.get("loc") or ()
-        field = model.model_fields.get(str(loc[0])) if loc else None
-        flag = flag_of(field) if field is not None else None
-        where = flag.option if flag and len(loc) == 1 else ".".join(map(str, loc)) or "config"
-        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
-        if item.get("type") == "extra_forbidden":
-            message = "unknown setting"
-        shown = "" if item.get("type") in ("missing", "value_error") else f" (got {item.get('input')!r})"
-        problems.append(f"{where}: {message[:1].lower()}{message[1:]}{shown}")
+    """A pydantic error as one line, each problem named by its flag (else its field path):
+    ``invalid <title>: --batch-size must be >= 1, got 0; --input is required``."""
+    problems = [_problem(model, item) for item in error.errors()]
     title = model.model_config.get("title") or model.__name__
     return f"invalid {title}: " + "; ".join(problems)
+
+
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _problem(model: type[BaseModel], item: Any) -> str:
+    loc = item.get("loc") or ()
+    field = model.model_fields.get(str(loc[0])) if loc else None
+    flag = flag_of(field) if field is not None else None
+    where = flag.option if flag and len(loc) == 1 else ".".join(map(str, loc)) or "config"
+    kind, ctx, value = item.get("type"), item.get("ctx") or {}, item.get("input")
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "?")
+        return f"{where} must be {_BOUNDS[kind]} {bound}, got {value!r}"
+    if kind == "missing":
+        return f"{where} is required"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown setting"
+    message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+    if kind == "value_error":
+        return message if message.startswith(where) else f"{where}: {message}"
+    return f"{where}: {message[:1].lower()}{message[1:]} (got {value!r})"
 
 
 def add_flags(parser: Any, model: type[BaseModel], names: Iterable[str]) -> None:
