@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from adray.detectors.base import Detector, create_detector, load_detector
@@ -151,17 +150,8 @@ def cached_detector_set(spec: DetectorSpec) -> DetectorSet:
 
 
 def spec_to_json(spec: DetectorSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True, default=list)
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 def spec_from_json(text: str) -> DetectorSpec:
-    d = json.loads(text)
-    return DetectorSpec(
-        ref=d["ref"],
-        weights=d["weights"],
-        class_name=d["class_name"],
-        options=tuple((k, v) for k, v in d["options"]),
-        references=tuple((k, tuple(v)) for k, v in d["references"]),
-        device=d["device"],
-        plugins=tuple(d.get("plugins", ())),
-    )
+    return DetectorSpec.from_dict(json.loads(text))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -66,7 +65,7 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
     already, removed = rows_already_written(config.output, run_id)
     passes, counts = [], []
     for spec in config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()}):
-        detectors = DetectorSet(replace(spec, device="cpu"))  # the driver only asks for versions
+        detectors = DetectorSet(spec.replace(device="cpu"))  # the driver only asks for versions
         applies = np.array(
             [
                 detectors.applies_to(c, bool(p))
@@ -147,7 +146,7 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
 
 def reinspect(config: ScoreConfig) -> RunSummary:
     """Score only what committed runs have not scored with the same detector version and content token."""
-    return score_archive(replace(config, delta=True))
+    return score_archive(config.replace(delta=True))
 
 
 # ------------------------------------------------------------------------------------------ steps
