@@ -6,6 +6,12 @@ its prompts name the object; factories share the heavy backbone between instance
 costs a text encoding, not a model load. The same object serves the driver (versions, applicability),
 the CPU decode stage (``preprocess``) and the scoring actors (``score``), through the Detector contract
 only.
+
+For a fitted artifact the driver and the decode stage read only its header
+(:func:`adray.detectors.registry.read_header`: detector, version, categories, modalities, threshold,
+preprocessing); only the scoring actors load weights (:meth:`DetectorSet.for_category`). An artifact
+written before headers whose preprocessing the header cannot say (format ``1.0`` BGAD / M3DM) is
+preprocessed by the loaded detector, as before.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from adray.detectors.base import Detector, create_detector, load_detector
-from adray.detectors.registry import create_preprocessor, factory_accepts
+from adray.detectors.header import ArtifactHeader, MissingHeaderError
+from adray.detectors.registry import create_preprocessor, factory_accepts, read_header
 from adray.pipeline.spec import DetectorSpec, load_plugins
 
 #: Placeholder category for registry detectors when a run gives no category (never stored).
@@ -33,6 +40,7 @@ class DetectorSet:
         self.spec = spec
         self._by_key: dict[str, Detector] = {}
         self._preprocessor: Any = _MISSING  # the model-free preprocessor, resolved on first use
+        self._header: Any = _MISSING  # an artifact's header, read on first use (no weights)
         self._loader = loader
 
     # ------------------------------------------------------------------------------ instances
@@ -48,17 +56,33 @@ class DetectorSet:
             self._by_key[key] = det
         return det
 
+    def header(self) -> ArtifactHeader | None:
+        """A fitted artifact's header, read once without weights; ``None`` for by-name detectors and for
+        a format ``1.0`` artifact of a detector without a legacy header reader (then the model tells)."""
+        if self._header is _MISSING:
+            self._header = None
+            if self.spec.is_artifact and self._loader is None:
+                load_plugins(self.spec.plugins)
+                try:
+                    self._header = read_header(self.spec.ref)
+                except MissingHeaderError:
+                    pass
+        return self._header
+
     def preprocess(self, category: str | None, sample: dict[str, Any]) -> dict[str, Any]:
-        """The detector's ``preprocess`` for ``category``; for by-name detectors with a registered
-        model-free preprocessor (WinCLIP), that one, so CPU decode tasks never load a model."""
-        if not self.spec.is_artifact:
-            if self._preprocessor is _MISSING:
-                self._preprocessor = self._model_free_preprocessor()
-            if self._preprocessor is not None:
-                return self._preprocessor(sample)
+        """The detector's ``preprocess`` for ``category``, built without weights where possible: from a
+        fitted artifact's header, or the registered model-free preprocessor of a by-name detector
+        (WinCLIP), so CPU decode tasks never load a model. Otherwise the loaded detector's."""
+        if self._preprocessor is _MISSING:
+            self._preprocessor = self._model_free_preprocessor()
+        if self._preprocessor is not None:
+            return self._preprocessor(sample)
         return self.for_category(category).preprocess(sample)
 
     def _model_free_preprocessor(self) -> Any:
+        if self.spec.is_artifact:
+            header = self.header()
+            return None if header is None else create_preprocessor(header.detector, header=header)
         load_plugins(self.spec.plugins)
         options = dict(self.spec.option_dict())
         options.setdefault("weights", self.spec.weights)
@@ -94,19 +118,27 @@ class DetectorSet:
 
     @property
     def name(self) -> str:
-        return str(type(self.prototype()).name)
+        header = self.header()
+        return header.detector if header is not None else str(type(self.prototype()).name)
 
     @property
     def needs_xyz(self) -> bool:
-        return "xyz" in tuple(self.prototype().modalities)
+        header = self.header()
+        modalities = header.modalities if header is not None else self.prototype().modalities
+        return "xyz" in tuple(modalities)
 
     def applies_to(self, category: str, has_point_cloud: bool) -> bool:
         """Whether this detector scores an item: its categories (None = any) and its modalities.
 
         A registry detector is asked through its instance for the item's category (zero-shot WinCLIP
         built for "bottle" knows "bottle"); with a pinned ``--class-name`` the person has named the
-        object for every item, so every category applies.
+        object for every item, so every category applies. A fitted artifact answers from its header.
         """
+        header = self.header()
+        if header is not None:
+            if "xyz" in header.modalities and not has_point_cloud:
+                return False
+            return header.categories is None or category in header.categories
         det = self.for_category(category)
         if "xyz" in tuple(det.modalities) and not has_point_cloud:
             return False
@@ -116,18 +148,20 @@ class DetectorSet:
         return cats is None or category in cats
 
     def version(self, category: str | None) -> str:
-        return str(self.for_category(category).version)
+        header = self.header()
+        return header.version if header is not None else str(self.for_category(category).version)
 
     def threshold(self, category: str | None) -> float | None:
-        t = self.for_category(category).threshold
+        header = self.header()
+        t = header.threshold if header is not None else self.for_category(category).threshold
         return None if t is None else float(t)
 
 
 def _read_reference(uri: str) -> Any:
-    from adray import storage
-    from adray.io.images import decode_image
+    """A WinCLIP+ reference image through the one reader (:func:`adray.io.samples.read_sample`)."""
+    from adray.io.samples import read_sample
 
-    return decode_image(storage.read_bytes(uri))
+    return read_sample({"uri": uri}).raise_for_status().image
 
 
 #: options a run offers every registry detector; a factory that does not take one never sees it
