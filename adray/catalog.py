@@ -298,6 +298,24 @@ def _manifest_ext(uri: str) -> str:
     raise CatalogError(f"manifest {uri}: unknown format; name it *.parquet, *.csv or *.jsonl")
 
 
+def open_manifest(
+    source: str, layout: str = "auto", *, categories: list[str] | None = None
+) -> tuple[pa.Table, CatalogReport | None]:
+    """The one answer to "prefix or manifest URI": ``(table, None)`` for a manifest file (Parquet, CSV,
+    JSONL: read and normalised, :func:`read_manifest`), ``(table, report)`` for a dataset prefix
+    catalogued in ``layout`` (:func:`build_manifest`). ``layout="manifest"`` insists on a file; with
+    ``categories`` only those categories' rows come back either way. Raises what the reader raises
+    (``FileNotFoundError``, ``ValueError`` for an invalid manifest, ``pyarrow.ArrowException``)."""
+    if layout == "manifest" or (layout == "auto" and is_manifest_uri(source)):
+        table = read_manifest(source)
+        if categories:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.is_in(table.column("category"), pa.array(categories, pa.string())))
+        return table, None
+    return build_manifest(source, layout, categories=categories)
+
+
 def is_manifest_uri(uri: str) -> bool:
     """Whether ``uri`` names a manifest file (by extension) rather than a dataset prefix."""
     return uri.lower().endswith(MANIFEST_EXTS) and storage.exists(uri)
@@ -345,11 +363,7 @@ def catalog_to(
 ) -> CatalogReport:
     """Catalog ``source`` (a dataset prefix or a manifest file) and write the manifest to ``output``."""
     if layout == "manifest" or (layout == "auto" and is_manifest_uri(source)):
-        table = read_manifest(source)
-        if categories:
-            import pyarrow.compute as pc
-
-            table = table.filter(pc.is_in(table.column("category"), pa.array(categories)))
+        table, _ = open_manifest(source, "manifest", categories=categories)
         report = CatalogReport(source=source, layout="manifest")
         for row in table.select(["category", "split", "label", "skip_status"]).to_pylist():
             report.count(row)

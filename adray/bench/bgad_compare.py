@@ -42,9 +42,9 @@ def compare_supervised(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Fit both variants on ``category`` of the MVTec-layout ``data`` and evaluate; returns a result dict."""
-    from adray.catalog import build_manifest, readable_items
+    from adray.catalog import open_manifest, readable_items
 
-    table = readable_items(build_manifest(data, "auto", categories=[category])[0])
+    table = readable_items(open_manifest(data, "auto", categories=[category])[0])
     rows = [r for r in table.to_pylist() if r["category"] == category]
     defects = sorted({r["defect_type"] for r in rows if r["split"] == "test" and int(r["label"] or 0) == 1})
     seen = list(seen_defects) if seen_defects else defects[: max(1, len(defects) // 2)]
@@ -72,22 +72,18 @@ def compare_supervised(
 
 
 def _score(det: BgadDetector, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list]:
-    from adray.io.images import decode_image
-    from adray.io.masks import read_ground_truth_mask
+    from adray.io.samples import read_sample
 
     size = det.cfg.image_size
     scores, maps, masks = [], [], []
     for start in range(0, len(rows), 16):
-        chunk = rows[start : start + 16]
-        x = np.stack(
-            [det.preprocess({"image": decode_image(storage.read_bytes(r["uri"]))})["image"] for r in chunk]
-        )
+        chunk = [read_sample(r, mask=True).raise_for_status() for r in rows[start : start + 16]]
+        x = np.stack([det.preprocess(s.inputs())["image"] for s in chunk])
         sb = det.score({"image": x})
         scores.append(sb.image_score.numpy())
         maps.append(sb.anomaly_map.numpy())
-        for r in chunk:
-            m = read_ground_truth_mask(storage.read_bytes(r["gt_mask_uri"])) if r.get("gt_mask_uri") else None
-            masks.append(resize_mask(m, size) if m is not None else np.zeros((size, size), bool))
+        for s in chunk:
+            masks.append(resize_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool))
     return np.concatenate(scores), np.concatenate(maps), masks
 
 

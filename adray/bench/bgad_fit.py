@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     artifact = None
     if args.plain:
-        from adray.catalog import build_manifest, readable_items
+        from adray.catalog import open_manifest, readable_items
         from adray.detectors.bgad.session import fit_bgad_local
 
         t0 = time.perf_counter()
-        manifest = readable_items(build_manifest(data, "auto", categories=[args.category])[0])
+        manifest = readable_items(open_manifest(data, "auto", categories=[args.category])[0])
         det = fit_bgad_local(manifest.to_pylist(), model_cfg, train_cfg)
         m = det.metadata.get("last_metrics") or {}
         rows.append(

@@ -42,12 +42,12 @@ def score_test_items(
     artifact_uri: str, data_uri: str, category: str, batch_size: int = 8
 ) -> list[dict[str, Any]]:
     """``[{item_id, defect_type, label, image_score}]`` for every test item (detector.score, no pipeline)."""
-    from adray.catalog import build_manifest, readable_items
+    from adray.catalog import open_manifest, readable_items
     from adray.detectors.base import load_detector
     from adray.train.m3dm import read_sample
 
     det = load_detector(artifact_uri)
-    table = readable_items(build_manifest(data_uri, layout="auto", categories=[category])[0])
+    table = readable_items(open_manifest(data_uri, "auto", categories=[category])[0])
     rows = [r for r in table.to_pylist() if r["category"] == category and r["split"] == "test"]
     out: list[dict[str, Any]] = []
     for start in range(0, len(rows), batch_size):

@@ -336,9 +336,9 @@ class _BareLoop:
     def _score(self, uris: list[str]) -> None:
         import torch
 
-        from adray.io.images import decode_image
+        from adray.io.samples import read_sample
 
-        pre = [self.det.preprocess({"image": decode_image(storage.read_bytes(u))}) for u in uris]
+        pre = [self.det.preprocess(read_sample({"uri": u}).raise_for_status().inputs()) for u in uris]
         batch = {k: torch.from_numpy(np.stack([p[k] for p in pre])) for k in pre[0]}
         with torch.inference_mode():
             self.det.score(batch).numpy()

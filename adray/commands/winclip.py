@@ -168,10 +168,9 @@ def _image_files(paths: list[str]) -> Iterator[str]:
 
 
 def _read(path: str) -> np.ndarray:
-    from adray.io.images import decode_image
+    from adray.io.samples import read_sample
 
-    with open(path, "rb") as f:
-        return decode_image(f.read())
+    return read_sample({"uri": path}).raise_for_status().image
 
 
 def _write_map(folder: str, name: str, path: str, amap: np.ndarray, size: tuple[int, int], index) -> None:

@@ -102,13 +102,10 @@ def load_results(
 
 def load_manifest(input_uri: str) -> pd.DataFrame:
     """The manifest as a DataFrame: a manifest file is read, a dataset prefix is catalogued."""
-    if catalog.is_manifest_uri(input_uri):
-        try:
-            table = catalog.read_manifest(input_uri)
-        except pa.ArrowException as exc:  # not Parquet / CSV / JSONL after all
-            raise EvaluationError(f"cannot read the manifest {input_uri}: {exc}") from exc
-    else:
-        table, _ = catalog.build_manifest(input_uri)
+    try:
+        table, _ = catalog.open_manifest(input_uri)
+    except pa.ArrowException as exc:  # not Parquet / CSV / JSONL after all
+        raise EvaluationError(f"cannot read the manifest {input_uri}: {exc}") from exc
     cols = ["item_id", "uri", "category", "split", "label", "defect_type", "gt_mask_uri"]
     return table.select(cols).to_pandas()
 

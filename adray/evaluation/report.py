@@ -16,8 +16,8 @@ from typing import Any
 from adray import storage
 from adray.evaluation.charts import PALETTE, histogram_chart, line_chart, overlay_png
 from adray.evaluation.ground_truth import mask_shape_problem
-from adray.io.images import decode_image
 from adray.io.masks import decode_map_png16, read_ground_truth_mask
+from adray.io.samples import read_sample
 
 log = logging.getLogger(__name__)
 METRIC_LABELS = {
@@ -217,7 +217,7 @@ def _gallery(title: str, examples: list[dict[str, Any]]) -> str:
 
 
 def _example_image(ex: dict[str, Any]) -> str:
-    image = decode_image(storage.read_bytes(ex["uri"]))
+    image = read_sample({"uri": ex["uri"]}).raise_for_status().image
     amap = None
     if ex.get("mask_uri"):
         amap = decode_map_png16(storage.read_bytes(ex["mask_uri"]), ex["map_min"], ex["map_max"])

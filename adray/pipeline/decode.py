@@ -28,8 +28,9 @@ detector's shapes.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,12 +38,20 @@ import pyarrow as pa
 import safetensors.numpy
 
 from adray import storage
-from adray.io.images import ImageDecodeError, decode_image_noted
 from adray.io.masks import MAP_FRAME_KEY
-from adray.io.pointclouds import DEFAULT_MAX_POINTS, PointCloudDecodeError, decode_scan_pointcloud
-from adray.io.sniff import describe_bytes, describe_exception
-from adray.pipeline.detector_set import cached_detector_set
-from adray.pipeline.spec import DetectorSpec
+from adray.io.pointclouds import DEFAULT_MAX_POINTS
+from adray.io.samples import (
+    BIT_DEPTH_COLUMN,
+    MAX_ERROR_CHARS,
+    ItemBytes,
+    Problem,
+    Sample,
+    decode_item,
+    item_bit_depth,
+    read_item_bytes,
+)
+from adray.pipeline.detector_set import DetectorSet, cached_detector_set
+from adray.pipeline.spec import DetectorSpec, load_plugins
 
 #: Columns copied from the manifest (plus the detector version chosen on the driver) to the result row.
 PASS_THROUGH = (
@@ -57,134 +66,254 @@ PASS_THROUGH = (
 )
 IMAGE_BYTES = "image_bytes"
 PC_BYTES = "pc_bytes"
-#: Optional manifest column: significant bits of an item's >8-bit image (overrides the run's bit_depth).
-BIT_DEPTH_COLUMN = "bit_depth"
-_POINTCLOUD_STATUS = {
-    "empty": "empty",
-    "corrupt": "corrupt",
-    "unsupported": "unsupported",
-    "too_large": "too_large",
-    "dtype": "unsupported",
-}
-_MAX_ERROR_CHARS = 500
+#: Work-list columns of a run with several detectors (:func:`adray.pipeline.graph.merge_passes`): per
+#: item, the indices of the passes (detectors) that score it and each one's detector version.
+PASSES = "passes"
+DETECTOR_VERSIONS = "detector_versions"
+_MAX_ERROR_CHARS = MAX_ERROR_CHARS
 #: Concurrent object reads per decode task (I/O bound: threads wait on the network, not the CPU).
 READ_THREADS = 16
+
+
+@dataclass(frozen=True)
+class _Decode:
+    """What one decode task needs besides its batch."""
+
+    sets: list[DetectorSet]
+    xyz_of: tuple[bool, ...]  # per pass: whether its detector needs the point cloud
+    max_pixels: int
+    max_points: int
+    bit_depth: int | None
 
 
 def decode_batch(
     batch: pa.Table,
     *,
-    spec: DetectorSpec,
+    spec: DetectorSpec | None = None,
     max_pixels: int,
-    needs_xyz: bool,
+    needs_xyz: bool | Sequence[bool],
     max_points: int = DEFAULT_MAX_POINTS,
     bit_depth: int | None = None,
     allow_prefixes: tuple[str, ...] = (),
     read_attempts: int = storage.READ_ATTEMPTS,
+    specs: Sequence[DetectorSpec] = (),
+    names: Sequence[str] = (),
 ) -> pa.Table:
     """``map_batches`` UDF (pyarrow format): read, decode and preprocess every row, never raising per item.
+
+    One detector (``spec``, ``needs_xyz`` a bool): one output row per input row. Several (``specs``,
+    ``needs_xyz`` and ``names`` one per spec, input rows with the :data:`PASSES` and
+    :data:`DETECTOR_VERSIONS` list columns): each item is read and decoded once, then preprocessed for
+    every pass that scores it; one output row per (item, pass), grouped by pass, with ``pass_index`` and
+    ``detector`` (the pass's name) columns. A point cloud is read only when a pass of the item needs it,
+    and its problems fail only those passes' rows. Raises ``ValueError`` when neither form is given.
 
     The bytes come from ``image_bytes`` / ``pc_bytes`` columns when the batch has them (null = missing),
     else they are read here (:func:`fetch_batch`, with ``allow_prefixes`` and ``read_attempts``). The
     ``uri`` and ``pc_uri`` columns leave without user info (credentials). Pass-through columns keep their
     Arrow types (a numpy round trip would turn all-null strings into NaN).
     """
-    detectors = cached_detector_set(spec)
+    many = PASSES in batch.column_names
+    chosen = tuple(specs) if many else (spec,)
+    if not chosen or any(s is None for s in chosen):
+        raise ValueError("decode_batch needs spec (one detector), or specs and a passes column")
+    for s in chosen:  # before anything is read: a plugin may register a storage scheme, not only detectors
+        load_plugins(s.plugins)  # type: ignore[union-attr]
+    xyz_of = tuple(bool(x) for x in needs_xyz) if many else (bool(needs_xyz),)  # type: ignore[union-attr]
+    job = _Decode([cached_detector_set(s) for s in chosen if s], xyz_of, max_pixels, max_points, bit_depth)
     n = batch.num_rows
-    status: list[str] = ["ok"] * n
-    error: list[str | None] = [None] * n
-    note: list[str | None] = [None] * n
-    packed: list[bytes | None] = [None] * n
-    height = [0] * n
-    width = [0] * n
-    map_frame: list[list[int] | None] = [None] * n
+    passes: list[list[int]] = batch.column(PASSES).to_pylist() if many else [[0]] * n
+    raw = batch.column("uri").to_pylist(), batch.column("pc_uri").to_pylist()
+    out = _Rows(batch, *([storage.redact_url(u) for u in col] for col in raw))
+    skips = _catalog_skips(batch, out.uris)
+    want_pc = [any(xyz_of[k] for k in ks) for ks in passes]
     depths = (
         batch.column(BIT_DEPTH_COLUMN).to_pylist() if BIT_DEPTH_COLUMN in batch.column_names else [None] * n
     )
-    raw_uris = batch.column("uri").to_pylist()
-    raw_pc_uris = batch.column("pc_uri").to_pylist()
-    uris = [storage.redact_url(u) for u in raw_uris]
-    pc_uris = [storage.redact_url(u) for u in raw_pc_uris]
-    categories = batch.column("category").to_pylist()
-    item_ids = batch.column("item_id").to_pylist()
-    skips = _catalog_skips(batch, uris)
-    if IMAGE_BYTES in batch.column_names:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, n)))
+    try:
+        reads = _start_reads(batch, pool, raw, want_pc, skips, allow_prefixes, read_attempts)
+        for i in range(n):  # decoded, preprocessed for each of its passes, then dropped: one image at a time
+            skip = skips[i]
+            read = reads[i].result() if skip is None else None
+            sample = (
+                Sample(uri=out.uris[i]).fail("rgb", skip)
+                if skip is not None
+                else _decode_read(read, out.uris[i], out.pc_uris[i], want_pc[i], depths[i], job)
+            )
+            for k in passes[i]:
+                out.add(i, k, sample, job)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out.table(many, names)
+
+
+def merge_passes(works: Sequence[pa.Table]) -> pa.Table:
+    """The work lists of a run's passes (manifest rows + ``detector_version``, one table per detector) as
+    one row per item, so each item is read and decoded once: the first pass's row of the item, plus
+    :data:`PASSES` (``list<int32>``: the indices in ``works`` of the passes that score it) and
+    :data:`DETECTOR_VERSIONS` (``list<string>``: each one's version), sorted by ``item_id``."""
+    names = next((w.column_names for w in works if w.num_rows), works[0].column_names if works else [])
+    first: dict[str, tuple[int, int]] = {}
+    passes: dict[str, list[int]] = {}
+    versions: dict[str, list[str]] = {}
+    for k, work in enumerate(works):
+        for j, (item, version) in enumerate(
+            zip(work.column("item_id").to_pylist(), work.column("detector_version").to_pylist())
+        ):
+            first.setdefault(item, (k, j))
+            passes.setdefault(item, []).append(k)
+            versions.setdefault(item, []).append(version)
+    if not works or not first:
+        empty = works[0] if works else pa.table({"item_id": pa.array([], pa.string())})
+        empty = empty.append_column(PASSES, pa.array([], pa.list_(pa.int32())))
+        return empty.append_column(DETECTOR_VERSIONS, pa.array([], pa.list_(pa.string())))
+    takes: dict[int, list[int]] = {}
+    for k, j in first.values():
+        takes.setdefault(k, []).append(j)
+    schema = works[min(takes)].select(names).schema
+    parts = [works[k].select(names).take(pa.array(js, pa.int64())).cast(schema) for k, js in takes.items()]
+    merged = pa.concat_tables(parts).sort_by("item_id")
+    order = merged.column("item_id").to_pylist()
+    merged = merged.append_column(PASSES, pa.array([passes[i] for i in order], pa.list_(pa.int32())))
+    return merged.append_column(
+        DETECTOR_VERSIONS, pa.array([versions[i] for i in order], pa.list_(pa.string()))
+    )
+
+
+def _start_reads(
+    batch: pa.Table,
+    pool: ThreadPoolExecutor,
+    raw: tuple[list[Any], list[Any]],
+    want_pc: list[bool],
+    skips: list[Problem | None],
+    allow_prefixes: tuple[str, ...],
+    attempts: int,
+) -> list[Any]:
+    """Per row, a future of its :class:`ItemBytes` (None for a catalog skip: never read)."""
+    n = batch.num_rows
+    if IMAGE_BYTES in batch.column_names:  # bytes a caller already read
         images = batch.column(IMAGE_BYTES).to_pylist()
         clouds = batch.column(PC_BYTES).to_pylist() if PC_BYTES in batch.column_names else [None] * n
-        fetched = [_Given(images[i], clouds[i]) for i in range(n)]
-        pool = None
-    else:
-        pool = ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, n)))
-        wanted = [i for i in range(n) if skips[i] is None]  # the catalog's skipped files are never read
-        reads = iter(
-            fetch_batch(
-                pool,
-                [raw_uris[i] for i in wanted],
-                [raw_pc_uris[i] if needs_xyz else None for i in wanted],
-                allow_prefixes,
-                read_attempts,
-            )
+        return [_Given(ItemBytes(images[i], clouds[i])) for i in range(n)]
+    wanted = [i for i in range(n) if skips[i] is None]
+    futures = iter(
+        pool.submit(
+            read_item_bytes,
+            raw[0][i],
+            raw[1][i] if want_pc[i] else None,
+            allow_prefixes=allow_prefixes,
+            attempts=attempts,
         )
-        fetched = [_Given(None, None) if skips[i] else next(reads) for i in range(n)]
+        for i in wanted
+    )
+    started = {i: next(futures) for i in wanted}
+    return [started.get(i) for i in range(n)]
+
+
+def _decode_read(read: ItemBytes, uri: str, pc_uri: Any, want_pc: bool, depth: Any, job: _Decode) -> Sample:
+    if "rgb" in read.problems:
+        return Sample(uri=uri).fail("rgb", read.problems["rgb"])
     try:
-        for i in range(n):
-            sample, problem = None, None
-            if skips[i]:
-                status[i], error[i] = skips[i]
-                continue
-            image_bytes, pc_bytes, read_problem = fetched[i].result()
-            if read_problem:
-                status[i], error[i] = read_problem
-                continue
-            try:
-                item_bits = _item_bit_depth(depths[i], bit_depth)
-            except ValueError as e:
-                problem = ("unsupported", f"{uris[i]}: {e}")
-            else:
-                sample, problem = decode_sample(
-                    image_bytes=image_bytes,
-                    pc_bytes=pc_bytes,
-                    uri=uris[i],
-                    pc_uri=pc_uris[i],
-                    max_pixels=max_pixels,
-                    needs_xyz=needs_xyz,
-                    max_points=max_points,
-                    bit_depth=item_bits,
-                )
-            if sample is not None:
-                note[i] = sample.pop("note", None)
-                height[i], width[i] = sample["image"].shape[:2]
-                sample["category"], sample["item_id"] = categories[i], item_ids[i]
-                try:
-                    arrays = dict(detectors.preprocess(categories[i], sample))
-                    frame = arrays.pop(MAP_FRAME_KEY, None)  # where the image sits on the model's grid
-                    map_frame[i] = None if frame is None else [int(v) for v in np.asarray(frame).ravel()]
-                    packed[i] = pack_arrays(arrays)
-                except Exception as e:  # a detector's preprocess must not take the whole batch down
-                    text = storage.redact_text(f"preprocess failed: {type(e).__name__}: {e}")
-                    problem = ("error", text[:_MAX_ERROR_CHARS])
-            if problem:
-                status[i], error[i] = problem
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    out = batch.select([c for c in PASS_THROUGH if c not in ("uri", "pc_uri")])
-    for name, values, typ in (
-        ("uri", uris, batch.schema.field("uri").type),
-        ("pc_uri", pc_uris, batch.schema.field("pc_uri").type),
-        ("status", status, pa.string()),
-        ("error", error, pa.string()),
-        ("note", note, pa.string()),
-        ("pre", packed, pa.binary()),
-        ("orig_h", height, pa.int32()),
-        ("orig_w", width, pa.int32()),
-        ("map_frame", map_frame, pa.list_(pa.int32())),
-    ):
-        out = out.append_column(name, pa.array(values, typ))
-    return out
+        bits = item_bit_depth(depth, job.bit_depth)
+    except ValueError as e:
+        return Sample(uri=uri).fail("rgb", ("unsupported", f"{uri}: {e}"))
+    sample = decode_item(
+        read.image,
+        read.cloud,
+        uri=uri,
+        pc_uri=pc_uri,
+        want_xyz=want_pc and "xyz" not in read.problems,
+        max_pixels=job.max_pixels,
+        max_points=job.max_points,
+        bit_depth=bits,
+    )
+    if "xyz" in read.problems:
+        sample.fail("xyz", read.problems["xyz"])
+    return sample
 
 
-def _catalog_skips(batch: pa.Table, uris: list[str]) -> list[tuple[str, str] | None]:
+@dataclass
+class _Rows:
+    """The decode stage's output rows: one per (item, pass), in pass order."""
+
+    batch: pa.Table
+    uris: list[str]
+    pc_uris: list[Any]
+    entries: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, i: int, k: int, sample: Sample, job: _Decode) -> None:
+        row: dict[str, Any] = {"status": "ok", "error": None, "note": None, "pre": None, "map_frame": None}
+        row["orig_h"] = row["orig_w"] = 0
+        problem = sample.status_for(("rgb", "xyz") if job.xyz_of[k] else ("rgb",))
+        if problem is None:  # decoded for this pass: keep the image's size (the map goes back to it)
+            row["note"] = sample.note
+            row["orig_h"], row["orig_w"] = sample.image.shape[:2]  # type: ignore[union-attr]
+            row["pre"], row["map_frame"], problem = _preprocess(
+                job.sets[k], sample, job.xyz_of[k], self.batch, i
+            )
+        if problem is not None:
+            row["status"], row["error"] = problem
+        self.entries.append((k, i, row))
+
+    def table(self, many: bool, names: Sequence[str]) -> pa.Table:
+        self.entries.sort(key=lambda e: (e[0], e[1]))  # grouped by pass: scoring batches stay whole
+        index = [i for _, i, _ in self.entries]
+        out = self.batch.take(pa.array(index, pa.int64())) if many else self.batch
+        out = out.select([c for c in PASS_THROUGH if c not in ("uri", "pc_uri", "detector_version")])
+        if many:
+            versions = self.batch.column(DETECTOR_VERSIONS).to_pylist()
+            passes = self.batch.column(PASSES).to_pylist()
+            version = [versions[i][passes[i].index(k)] for k, i, _ in self.entries]
+        else:
+            version = self.batch.column("detector_version").to_pylist()
+        out = out.append_column("detector_version", pa.array(version, pa.string()))
+        rows = [r for _, _, r in self.entries]
+        columns: list[tuple[str, list[Any], pa.DataType]] = [
+            ("uri", [self.uris[i] for i in index], self.batch.schema.field("uri").type),
+            ("pc_uri", [self.pc_uris[i] for i in index], self.batch.schema.field("pc_uri").type),
+        ]
+        for name, typ in _DECODED:
+            columns.append((name, [r[name] for r in rows], typ))
+        if many:
+            columns.append(("pass_index", [k for k, _, _ in self.entries], pa.int32()))
+            columns.append(
+                ("detector", [names[k] if names else str(k) for k, _, _ in self.entries], pa.string())
+            )
+        for name, values, typ in columns:
+            out = out.append_column(name, pa.array(values, typ))
+        return out
+
+
+def _preprocess(
+    detectors: DetectorSet, sample: Sample, with_xyz: bool, batch: pa.Table, i: int
+) -> tuple[bytes | None, list[int] | None, Problem | None]:
+    """One pass's preprocessing of a decoded sample: ``(packed arrays, map frame, None)`` or a problem."""
+    category = batch.column("category")[i].as_py()
+    inputs: dict[str, Any] = {"image": sample.image, **({"xyz": sample.xyz} if with_xyz else {})}
+    inputs["category"], inputs["item_id"] = category, batch.column("item_id")[i].as_py()
+    try:
+        arrays = dict(detectors.preprocess(category, inputs))
+        frame = arrays.pop(MAP_FRAME_KEY, None)  # where the image sits on the model's grid
+        packed = pack_arrays(arrays)
+    except Exception as e:  # a detector's preprocess must not take the whole batch down
+        text = storage.redact_text(f"preprocess failed: {type(e).__name__}: {e}")
+        return None, None, ("error", text[:_MAX_ERROR_CHARS])
+    return packed, (None if frame is None else [int(v) for v in np.asarray(frame).ravel()]), None
+
+
+_DECODED = (
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("note", pa.string()),
+    ("pre", pa.binary()),
+    ("orig_h", pa.int32()),
+    ("orig_w", pa.int32()),
+    ("map_frame", pa.list_(pa.int32())),
+)
+
+
+def _catalog_skips(batch: pa.Table, uris: list[str]) -> list[Problem | None]:
     """Per row, ``(status, error)`` from the manifest's ``skip_status`` / ``skip_reason`` (a file the catalog
     keeps so that it gets its row, but that is not to be read: refused name, not an image, zero bytes)."""
     if "skip_status" not in batch.column_names:
@@ -194,17 +323,29 @@ def _catalog_skips(batch: pa.Table, uris: list[str]) -> list[tuple[str, str] | N
     return [(s, f"{u}: {r or s}") if s else None for s, r, u in zip(statuses, reasons, uris)]
 
 
-ReadOutcome = tuple[Any, Any, "tuple[str, str] | None"]  # image bytes, point-cloud bytes, (status, error)
-
-
 class _Given:
     """Bytes a caller already read (``image_bytes`` / ``pc_bytes`` columns), shaped like a read's future."""
 
-    def __init__(self, image: Any, cloud: Any) -> None:
-        self._outcome: ReadOutcome = (image, cloud, None)
+    def __init__(self, read: ItemBytes) -> None:
+        self._read = read
 
-    def result(self) -> ReadOutcome:
-        return self._outcome
+    def result(self) -> ItemBytes:
+        return self._read
+
+
+# ------------------------------------------------------------------------------------------ older names
+
+ReadOutcome = tuple[Any, Any, "tuple[str, str] | None"]  # image bytes, point-cloud bytes, (status, error)
+
+
+def read_item(
+    uri: str, pc_uri: Any, allow_prefixes: tuple[str, ...] = (), attempts: int = storage.READ_ATTEMPTS
+) -> ReadOutcome:
+    """One item's bytes as ``(image_bytes, pc_bytes, None)`` or ``(None, None, (status, error))``; never
+    raises. The form before :func:`adray.io.samples.read_item_bytes`, which it calls."""
+    read = read_item_bytes(uri, pc_uri, allow_prefixes=allow_prefixes, attempts=attempts)
+    problem = read.problems.get("rgb") or read.problems.get("xyz")
+    return (None, None, problem) if problem else (read.image, read.cloud, None)
 
 
 def fetch_batch(
@@ -214,39 +355,8 @@ def fetch_batch(
     allow_prefixes: tuple[str, ...] = (),
     attempts: int = storage.READ_ATTEMPTS,
 ) -> list[Future[ReadOutcome]]:
-    """Start reading each item's image (and point cloud where ``pc_uris[i]`` is set) on ``pool``; one
-    future per item, in order, each giving ``(image_bytes, pc_bytes, None)`` or
-    ``(None, None, (status, error))``: ``not_allowed`` (not under ``allow_prefixes``), ``not_found`` (the
-    object does not exist), ``read_error`` (could not be read now, after the retries of
-    :func:`adray.storage.read_object`), ``unsupported`` (a URL no filesystem here can read)."""
+    """Start :func:`read_item` for each item on ``pool``: one future per item, in order."""
     return [pool.submit(read_item, u, p, allow_prefixes, attempts) for u, p in zip(uris, pc_uris)]
-
-
-def read_item(
-    uri: str, pc_uri: Any, allow_prefixes: tuple[str, ...] = (), attempts: int = storage.READ_ATTEMPTS
-) -> ReadOutcome:
-    """Read one item's bytes; see :func:`fetch_batch`. Never raises."""
-    targets = [("", uri)] + ([("point cloud ", pc_uri)] if pc_uri else [])
-    if allow_prefixes:
-        for what, url in targets:
-            if not any(storage.is_under_prefix(url, p) for p in allow_prefixes):
-                rule = ", ".join(storage.redact_url(p) for p in allow_prefixes)
-                text = f"{what}{storage.redact_url(url)} is not under any --allow-prefix ({rule})"
-                return None, None, ("not_allowed", text)
-    out: list[Any] = []
-    for what, url in targets:
-        try:
-            out.append(storage.read_object(url, attempts=attempts))
-        except FileNotFoundError:
-            return None, None, ("not_found", f"{what}{storage.redact_url(url)} does not exist")
-        except storage.UnreadableError as e:
-            return None, None, ("read_error", f"{what}{e}"[:_MAX_ERROR_CHARS])
-        except storage.StorageError as e:  # no filesystem for this URL: a property of the item
-            return None, None, ("unsupported", storage.redact_text(f"{what}{e}")[:_MAX_ERROR_CHARS])
-        except Exception as e:  # anything else is retryable rather than a verdict on the item
-            text = f"{what}could not read {storage.redact_url(url)}: {storage.read_failure(e)}"
-            return None, None, ("read_error", text[:_MAX_ERROR_CHARS])
-    return out[0], (out[1] if len(out) > 1 else None), None
 
 
 def decode_sample(
@@ -259,57 +369,25 @@ def decode_sample(
     needs_xyz: bool,
     max_points: int = DEFAULT_MAX_POINTS,
     bit_depth: int | None = None,
-) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
-    """Decode one item: ``(sample, None)`` or ``(None, (status, error))``; never raises for bad bytes.
-
-    ``sample`` holds ``image`` (uint8 ``[H, W, 3]``), ``xyz`` (float32 ``[H, W, 3]``; an unorganised cloud
-    rasterised onto the image's grid, :func:`adray.io.pointclouds.decode_scan_pointcloud`) when ``needs_xyz``,
-    and ``note`` (str or None, see :func:`adray.io.images.decode_image_noted`). An unexpected exception of
-    a decoder becomes ``corrupt`` (the same bytes would fail again), a ``MemoryError`` ``error`` (retryable).
-    """
-    if image_bytes is None:
-        return None, ("not_found", f"{uri} does not exist")
-    data = bytes(image_bytes)
-    try:
-        decoded = decode_image_noted(data, max_pixels=max_pixels, bit_depth=bit_depth)
-    except ImageDecodeError as e:
-        return None, (e.kind, f"{uri}: {e}")
-    except Exception as e:
-        return None, _unexpected(e, f"{uri}: image", data)
-    sample: dict[str, Any] = {"image": decoded.rgb, "note": decoded.note}
-    image = decoded.rgb
-    if not needs_xyz:
-        return sample, None
-    if pc_bytes is None:
-        return None, ("not_found", f"point cloud {pc_uri} does not exist")
-    pc_data = bytes(pc_bytes)
-    try:  # the reader the M3DM build uses too: an unorganised cloud is rasterised onto the image grid
-        xyz = decode_scan_pointcloud(pc_data, str(pc_uri), image.shape, max_points=max_points)
-    except PointCloudDecodeError as e:
-        return None, (_POINTCLOUD_STATUS.get(e.kind, "corrupt"), f"{pc_uri}: point cloud {e}")
-    except Exception as e:
-        return None, _unexpected(e, f"{pc_uri}: point cloud", pc_data)
-    sample["xyz"] = xyz
-    return sample, None
+) -> tuple[dict[str, Any] | None, Problem | None]:
+    """``(sample dict, None)`` or ``(None, (status, error))``: :func:`adray.io.samples.decode_item` in the
+    form before it (``image``, ``xyz`` when ``needs_xyz``, ``note``)."""
+    s = decode_item(
+        image_bytes,
+        pc_bytes,
+        uri=uri,
+        pc_uri=pc_uri,
+        want_xyz=needs_xyz,
+        max_pixels=max_pixels,
+        max_points=max_points,
+        bit_depth=bit_depth,
+    )
+    if not s.ok:
+        return None, (s.status, str(s.error))
+    return {**s.inputs(), "note": s.note}, None
 
 
-def _unexpected(exc: Exception, what: str, data: bytes) -> tuple[str, str]:
-    if isinstance(exc, MemoryError):
-        return "error", f"{what} ran out of memory while decoding ({describe_bytes(data)})"
-    return "corrupt", f"{what} could not be decoded ({describe_exception(exc)}; {describe_bytes(data)})"
-
-
-def _item_bit_depth(declared: Any, default: int | None) -> int | None:
-    """The manifest's ``bit_depth`` cell (int, float or text; null/NaN/empty = not set) over ``default``."""
-    if declared is None or declared == "" or (isinstance(declared, float) and math.isnan(declared)):
-        return default
-    try:
-        value = float(declared)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not value.is_integer() or not 1 <= value <= 16:
-        raise ValueError("the manifest's bit_depth must be an integer from 1 to 16")
-    return int(value)
+_item_bit_depth = item_bit_depth
 
 
 # ------------------------------------------------------------------------------------------ packing

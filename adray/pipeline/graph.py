@@ -16,13 +16,14 @@ keep to committed runs and a resumed run can find its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from adray import job_env, storage
-from adray.pipeline.decode import decode_batch
+from adray.pipeline.decode import decode_batch, merge_passes
 from adray.pipeline.query import RUN_FILE_SEPARATOR
 from adray.pipeline.rows import PARTITION_COLS, finalize_batch
 from adray.pipeline.scoring import ScoringActor
@@ -39,11 +40,17 @@ class DetectorPass:
     work: pa.Table  # manifest rows + detector_version, already minus delta/resume
 
 
-def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
-    """The lazy Ray Dataset of result rows for one detector pass (nothing runs until it is written)."""
+def build_dataset(job: DetectorPass | Sequence[DetectorPass], config: ScoreConfig, run_id: str) -> Any:
+    """The lazy Ray Dataset of result rows for one detector pass, or for all passes of a run at once
+    (nothing runs until it is written).
+
+    With several passes the work lists are merged (:func:`adray.pipeline.decode.merge_passes`): each item
+    is read and decoded once and preprocessed for every detector that scores it; one actor pool holds
+    every detector and scores each row with its own (``pass_index``); rows land under their detector."""
     import ray.data
 
-    work = job.work
+    jobs = [job] if isinstance(job, DetectorPass) else list(job)
+    work = jobs[0].work if len(jobs) == 1 else merge_passes([j.work for j in jobs])
     step = max(1, config.rows_per_block)
     blocks = [work.slice(i, step) for i in range(0, work.num_rows, step)] or [work]
     ds = ray.data.from_arrow(blocks)
@@ -51,15 +58,13 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
     # fields are inherited). Secret-named ones go to the constructor: Ray logs runtime_env values.
     env, secret_env = job_env.split_secret_env(config.actor_env_vars())
     actor_runtime = {"runtime_env": {"env_vars": env}} if env else {}
-    cpu_spec = replace(job.spec, device="cpu")  # preprocessing never needs the accelerator
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={
-            "spec": cpu_spec,
+            **_decode_detectors(jobs),
             "max_pixels": config.max_pixels,
             "max_points": config.max_points,
             "bit_depth": config.bit_depth,
-            "needs_xyz": job.needs_xyz,
             "allow_prefixes": tuple(config.allow_prefixes),
             "read_attempts": config.read_attempts,
         },
@@ -69,13 +74,12 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
         # Ray's default task retries, stated explicitly: remote args that differ from the actor stage's
         # keep Ray from fusing decoding into the scoring actors, so it stays a separate CPU task pool.
         max_retries=3,
-        udf_modifying_row_count=False,
+        udf_modifying_row_count=len(jobs) > 1,  # one row per (item, detector)
     )
     ds = ds.map_batches(
         ScoringActor,
         fn_constructor_kwargs={
-            "spec": job.spec,
-            "warm_category": _first(work, "category"),
+            **_scoring_detectors(jobs),
             "torch_threads": 0 if config.num_gpus else max(1, int(config.num_cpus)),
             "retain_memory": config.retain_memory,
             "secret_env": secret_env,
@@ -92,7 +96,7 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
         finalize_batch,
         fn_kwargs={
             "run_id": run_id,
-            "detector": job.name,
+            "detector": jobs[0].name,
             "output": config.output,
             "pixel_size_mm": config.pixel_size_mm,
         },
@@ -101,6 +105,27 @@ def build_dataset(job: DetectorPass, config: ScoreConfig, run_id: str) -> Any:
         num_cpus=0.5,
         udf_modifying_row_count=False,
     )
+
+
+def _decode_detectors(jobs: list[DetectorPass]) -> dict[str, Any]:
+    """The decode stage's detector arguments; preprocessing never needs the accelerator."""
+    cpu_specs = [j.spec.replace(device="cpu") for j in jobs]
+    if len(jobs) == 1:
+        return {"spec": cpu_specs[0], "needs_xyz": jobs[0].needs_xyz}
+    return {
+        "specs": tuple(cpu_specs),
+        "needs_xyz": tuple(j.needs_xyz for j in jobs),
+        "names": tuple(j.name for j in jobs),
+    }
+
+
+def _scoring_detectors(jobs: list[DetectorPass]) -> dict[str, Any]:
+    if len(jobs) == 1:
+        return {"spec": jobs[0].spec, "warm_category": _first(jobs[0].work, "category")}
+    return {
+        "specs": tuple(j.spec for j in jobs),
+        "warm_categories": tuple(_first(j.work, "category") for j in jobs),
+    }
 
 
 def write_results(ds: Any, output: str, run_id: str) -> None:

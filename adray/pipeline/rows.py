@@ -44,6 +44,9 @@ def finalize_batch(
 ) -> pa.Table:
     """``map_batches`` UDF (pyarrow format): maps -> mask PNGs in storage; rows -> typed results table.
 
+    ``detector`` names the rows' detector unless the batch has a ``detector`` column (a run whose
+    detectors share one graph: :func:`adray.pipeline.graph.build_dataset`).
+
     Each map at image resolution also gives the item's defect regions above its ``pixel_threshold``
     (:func:`adray.regions.find_regions`; areas in mm² with ``pixel_size_mm``)."""
     cols = {name: batch.column(name).to_pylist() for name in batch.column_names if name != "map"}
@@ -89,7 +92,7 @@ def finalize_batch(
         "uri": [storage.redact_url(u) for u in cols["uri"]],
         "pc_uri": [storage.redact_url(u) for u in cols["pc_uri"]],
         "category": cols["category"],
-        "detector": [detector] * n,
+        "detector": cols.get("detector") or [detector] * n,  # per row when one graph scores several
         "detector_version": cols["detector_version"],
         "image_score": score,
         "threshold": thr,

@@ -94,10 +94,11 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
         passes.append(DetectorPass(spec=spec, name=detectors.name, needs_xyz=detectors.needs_xyz, work=todo))
 
     t_scoring = time.perf_counter()
-    for job in passes:
-        if job.work.num_rows:
-            log.info("run %s: scoring %d items with %s", run_id, job.work.num_rows, job.name)
-            write_results(build_dataset(job, config, run_id), config.output, run_id)
+    todo = [job for job in passes if job.work.num_rows]
+    for job in todo:
+        log.info("run %s: scoring %d items with %s", run_id, job.work.num_rows, job.name)
+    if todo:  # one graph for all detectors: each item is read and decoded once for all that score it
+        write_results(build_dataset(todo, config, run_id), config.output, run_id)
     scoring_s = time.perf_counter() - t_scoring
 
     _check_and_count(config.output, run_id, passes, counts)
@@ -156,9 +157,9 @@ def load_manifest(config: ScoreConfig, run_id: str) -> tuple[pa.Table, str]:
     """Read a manifest URI, or build one from a dataset prefix (saved under ``manifests/<run_id>.parquet``)."""
     from adray import catalog
 
-    if catalog.is_manifest_uri(config.input):
-        return catalog.read_manifest(config.input), config.input
-    table, report = catalog.build_manifest(config.input, config.layout)
+    table, report = catalog.open_manifest(config.input, config.layout)
+    if report is None:  # a manifest file: used as it is
+        return table, config.input
     url = storage.join_url(config.output, "manifests", f"{run_id}.parquet")
     catalog.write_manifest(table, url)
     log.info("built manifest of %d items from %s -> %s", table.num_rows, config.input, url)
@@ -183,11 +184,7 @@ def pick_references(config: ScoreConfig, manifest: pa.Table) -> dict[str, list[t
 
     source = manifest
     if config.reference:
-        source = (
-            catalog.read_manifest(config.reference)
-            if catalog.is_manifest_uri(config.reference)
-            else catalog.build_manifest(config.reference, config.layout)[0]
-        )
+        source = catalog.open_manifest(config.reference, config.layout)[0]
     source = catalog.readable_items(source)  # never a zero-byte, non-image or refused file as a reference
     train = source.filter(pc.equal(source["split"], "train")).sort_by("item_id")
     normal = pc.or_kleene(pc.equal(train["label"], 0), pc.equal(train["defect_type"], "good"))

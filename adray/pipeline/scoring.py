@@ -5,6 +5,10 @@ the preprocessed arrays of the rows that decoded, groups them by category (zero-
 instance per category) and calls ``detector.score`` under ``torch.inference_mode``. Rows that failed
 earlier pass through untouched. A detector error fails only its group's rows (``status="error"``).
 
+A run with several detectors has one actor pool for all of them: each actor holds every detector of the
+run (``specs``), and a row's ``pass_index`` (set by the decode stage, which read and decoded the item
+once for all of them) says which one scores it.
+
 The low-resolution anomaly map leaves as raw float32 bytes plus its shape: maps are resized to the
 item's original size, encoded and uploaded by the CPU stage that follows, so the accelerator never waits
 on PNG encoding or object-storage latency, and variable shapes never meet Ray's tensor columns.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,15 +36,19 @@ class ScoringActor:
 
     def __init__(
         self,
-        spec: DetectorSpec,
+        spec: DetectorSpec | None = None,
         warm_category: str | None = None,
         torch_threads: int = 0,
         retain_memory: bool = True,
         secret_env: dict[str, str] | None = None,
+        specs: Sequence[DetectorSpec] = (),
+        warm_categories: Sequence[str | None] = (),
     ) -> None:
-        """``secret_env``: secret-named variables of ``--actor-env`` (:func:`adray.job_env.split_secret_env`),
-        set in ``os.environ`` before anything else, so before any storage client or detector is built; they
-        come here rather than in the actor's ``runtime_env``, whose values Ray writes into its logs."""
+        """``spec`` (one detector) or ``specs`` (a run's detectors, by ``pass_index``; ``warm_categories``
+        one per spec). ``secret_env``: secret-named variables of ``--actor-env``
+        (:func:`adray.job_env.split_secret_env`), set in ``os.environ`` before anything else, so before any
+        storage client or detector is built; they come here rather than in the actor's ``runtime_env``,
+        whose values Ray writes into its logs. Raises ``ValueError`` when neither is given."""
         if secret_env:
             os.environ.update(secret_env)
             storage._s3fs.cache_clear()  # a reused worker process may hold a client with other credentials
@@ -51,18 +60,27 @@ class ScoringActor:
             retain_freed_memory()
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.detectors = DetectorSet(spec)
-        self.detectors.for_category(warm_category)  # load the model now, once per actor
+        chosen = tuple(specs) or ((spec,) if spec is not None else ())
+        if not chosen:
+            raise ValueError("ScoringActor needs spec or specs")
+        warm = tuple(warm_categories) or (warm_category,) * len(chosen)
+        self.sets = [DetectorSet(s) for s in chosen]
+        for detectors, category in zip(self.sets, warm):
+            detectors.for_category(category)  # load the model now, once per actor
+        self.detectors = self.sets[0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_batch(self.detectors, batch)
+        return score_batch(self.sets, batch)
 
 
-def score_batch(detectors: DetectorSet, batch: pa.Table) -> pa.Table:
-    """Score the ``status == "ok"`` rows of a decoded batch; see the module docstring."""
+def score_batch(detectors: DetectorSet | Sequence[DetectorSet], batch: pa.Table) -> pa.Table:
+    """Score the ``status == "ok"`` rows of a decoded batch; see the module docstring. With several
+    detector sets, a row's ``pass_index`` column picks its set (no column: the first)."""
     import torch
 
+    sets = [detectors] if isinstance(detectors, DetectorSet) else list(detectors)
     n = batch.num_rows
+    passes = batch.column("pass_index").to_pylist() if "pass_index" in batch.column_names else [0] * n
     status = batch.column("status").to_pylist()
     error = batch.column("error").to_pylist()
     categories = batch.column("category").to_pylist()
@@ -76,13 +94,13 @@ def score_batch(detectors: DetectorSet, batch: pa.Table) -> pa.Table:
     map_h = [0] * n
     map_w = [0] * n
 
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[int, str], list[int]] = {}
     for i in range(n):
         if status[i] == "ok":
-            groups.setdefault(categories[i], []).append(i)
-    for category, rows in groups.items():
+            groups.setdefault((passes[i], categories[i]), []).append(i)
+    for (k, category), rows in groups.items():
         try:
-            detector = detectors.for_category(category)
+            detector = sets[k].for_category(category)
             inputs = _stack([unpack_arrays(pre[i]) for i in rows])
             t0 = time.perf_counter()
             with torch.inference_mode():

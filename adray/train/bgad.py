@@ -72,10 +72,7 @@ def load_rows(train_uri: str, category: str) -> list[dict[str, Any]]:
     """Manifest rows of ``category`` from a manifest URI or a dataset prefix (MVTec layout etc.)."""
     from adray import catalog
 
-    if catalog.is_manifest_uri(train_uri):
-        table = catalog.read_manifest(train_uri)
-    else:
-        table, _ = catalog.build_manifest(train_uri, "auto", categories=[category])
+    table, _ = catalog.open_manifest(train_uri, "auto", categories=[category])
     table = catalog.readable_items(table)  # not the files the catalog keeps only for their row
     return [r for r in table.to_pylist() if r.get("category") == category]
 

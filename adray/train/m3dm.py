@@ -46,13 +46,10 @@ class BuildSummary:
 
 def select_items(train_uri: str, category: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(bank items, held-out items): normal items of ``category`` with both an image and a point cloud."""
-    from adray.catalog import build_manifest, is_manifest_uri, read_manifest, readable_items
+    from adray.catalog import open_manifest, readable_items
     from adray.train.common import shard_of
 
-    if is_manifest_uri(train_uri):
-        table = read_manifest(train_uri)
-    else:
-        table, _ = build_manifest(train_uri, layout="auto", categories=[category])
+    table, _ = open_manifest(train_uri, "auto", categories=[category])
     table = readable_items(table)  # not the files the catalog keeps only for their row
     rows = [r for r in table.to_pylist() if r.get("category") == category and r.get("label") in (0, None)]
     rows = [r for r in rows if r.get("pc_uri")]
@@ -117,14 +114,14 @@ class FeatureActor:
 
 
 def read_sample(uri: str, pc_uri: str, config: M3DMConfig) -> dict[str, Any]:
-    from adray import storage
-    from adray.io.images import decode_image
-    from adray.io.pointclouds import decode_scan_pointcloud
+    """``{"image", "xyz"}`` of one item through the scoring pipeline's reader (:func:`adray.io.samples.read_sample`:
+    an unorganised cloud goes onto the image grid); raises :class:`adray.io.samples.SampleError`."""
+    from adray.io import samples
 
-    sample: dict[str, Any] = {"image": decode_image(storage.read_bytes(uri))}
-    if config.uses_xyz:  # the scoring pipeline's reader: an unorganised cloud goes onto the image grid
-        sample["xyz"] = decode_scan_pointcloud(storage.read_bytes(pc_uri), pc_uri, sample["image"].shape)
-    return sample
+    modalities = ("rgb", "xyz") if config.uses_xyz else ("rgb",)
+    return (
+        samples.read_sample({"uri": uri, "pc_uri": pc_uri}, modalities=modalities).raise_for_status().inputs()
+    )
 
 
 def extract_features(

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from adray import storage
-from adray.pipeline import decode as decode_module
+from adray.io import samples as decode_module  # the decoders the decode stage calls
 from adray.pipeline.decode import IMAGE_BYTES, PC_BYTES, decode_batch
 from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.rows import finalize_batch

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from adray import storage
 from adray.detectors.bgad.config import BgadTrainConfig
 from adray.detectors.bgad.fit import TrainItem
 from adray.detectors.bgad.images import copy_paste, resize_image, resize_mask
@@ -127,17 +126,20 @@ def select_anomalies(
 
 def load_items(rows: Sequence[Row], role: str, size: int) -> list[TrainItem]:
     """Read and decode rows (and masks of anomalies) at model size."""
-    from adray.io.images import decode_image
-    from adray.io.masks import read_ground_truth_mask
+    from adray.io import samples
 
     items = []
-    for r in rows:
-        image = resize_image(decode_image(storage.read_bytes(r["uri"])), size)
+    for r in rows:  # the scoring pipeline's reader; a bad item stops the fit (SampleError)
+        # masks binarised at half range, as the evaluation reads them (JPEG noise is not defect)
+        sample = samples.read_sample(r, mask=role == "anomaly").raise_for_status()
         mask = None
         if role == "anomaly":
-            # binarised at half range, as the evaluation reads it (JPEG noise is not defect)
-            mask = resize_mask(read_ground_truth_mask(storage.read_bytes(r["gt_mask_uri"])), size)
-        items.append(TrainItem(r["item_id"], image, mask, role))
+            if sample.mask is None:
+                raise samples.SampleError(
+                    "not_found", f"{sample.uri}: an anomaly without a ground-truth mask"
+                )
+            mask = resize_mask(sample.mask, size)
+        items.append(TrainItem(r["item_id"], resize_image(sample.image, size), mask, role))
     return items
 
 
