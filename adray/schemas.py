@@ -47,6 +47,8 @@ _SIMPLE_TYPES: dict[str, pa.DataType] = {
     "json": pa.string(),  # a JSON object, stored as its text in tables
     "map<string, string>": pa.map_(pa.string(), pa.string()),
     "list<string>": pa.list_(pa.string()),
+    "list<int64>": pa.list_(pa.int64()),
+    "list<float64>": pa.list_(pa.float64()),
 }
 _TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:,\s*tz=([^\]]+))?\]$")
 
@@ -248,6 +250,9 @@ def _check_value(value: Any, entry: dict[str, Any], key: str, problems: list[str
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     elif t == "list<string>":
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif t in ("list<int64>", "list<float64>"):
+        number = int if t == "list<int64>" else (int, float)
+        ok = isinstance(value, list) and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
     elif _TIMESTAMP.match(t):
         ok = isinstance(value, str) and _parse_time(value) is not None
         if not ok:

@@ -8,7 +8,10 @@ Three tables, filled when a detector package is imported (``adray.detectors.winc
 - a **factory** that builds an unfitted or zero-shot detector from keyword options
   (:func:`register_factory`, :func:`get_factory`, :func:`create_detector`);
 - a **model-free preprocessor** equal to the detector's ``preprocess`` without loading weights, for the
-  pipeline's CPU decode tasks (:func:`register_preprocessor`, :func:`create_preprocessor`).
+  pipeline's CPU decode tasks (:func:`register_preprocessor`, :func:`create_preprocessor`);
+- how to build that preprocessor from an **artifact header** (:func:`register_header`,
+  :func:`read_header`, :func:`preprocessor_from_header`), and how to derive the header of an artifact
+  written before headers (format ``1.0``).
 
 The built-in detectors are imported on the first lookup, so ``import adray.detectors.registry`` stays light.
 This is the only way the pipeline reads the registry; its tables are private.
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adray.detectors.artifact import read_artifact_config
+from adray.detectors.header import ArtifactHeader, MissingHeaderError, Preprocessing, check_header_matches
 
 if TYPE_CHECKING:
     from adray.detectors.base import Detector
@@ -36,6 +40,8 @@ BUILTIN_DETECTORS = ("adray.detectors.winclip", "adray.detectors.bgad", "adray.d
 _CLASSES: dict[str, type] = {}
 _FACTORIES: dict[str, Callable[..., Detector]] = {}
 _PREPROCESSORS: dict[str, Callable[..., Preprocess]] = {}
+_FROM_PREPROCESSING: dict[str, Callable[[Preprocessing], Preprocess]] = {}
+_LEGACY_HEADERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def register_detector(name: str, factory: Callable[..., Detector] | None = None) -> Callable[[type], type]:
@@ -68,6 +74,59 @@ def register_preprocessor(name: str, factory: Callable[..., Preprocess]) -> None
     use it so they never load a model (WinCLIP's preprocess needs only the image size and mean/std).
     """
     _PREPROCESSORS[name] = factory
+
+
+def register_header(
+    name: str,
+    preprocessor: Callable[[Preprocessing], Preprocess],
+    legacy: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Register how ``name``'s artifact headers are used without weights.
+
+    ``preprocessor(preprocessing)`` returns a function equal to the saved detector's ``preprocess``;
+    ``legacy(doc)`` derives the header fields (``categories``, ``modalities``, ``threshold``, ...,
+    ``preprocessing`` or ``None``) of a format ``1.0`` ``config.json`` document, written before headers.
+    """
+    _FROM_PREPROCESSING[name] = preprocessor
+    if legacy is not None:
+        _LEGACY_HEADERS[name] = legacy
+
+
+def read_header(uri: str) -> ArtifactHeader:
+    """The header of the artifact folder ``uri``: its ``config.json`` alone, no weights read.
+
+    The document is validated against ``schemas/artifact``; a format ``1.0`` artifact gets the fields its
+    detector's legacy reader derives. Raises ``FileNotFoundError`` (no ``config.json``),
+    :class:`adray.schemas.SchemaError` (a document off the schema), and
+    :class:`~adray.detectors.header.MissingHeaderError` (a ``ValueError``) for a ``1.0`` artifact whose
+    detector registered no legacy reader.
+    """
+    from adray.schemas import validate_record
+
+    import_builtin_detectors()
+    doc = read_artifact_config(uri)
+    validate_record(doc, "artifact")
+    name = doc["detector"]
+    derived = None
+    if doc.get("modalities") is None:
+        if name not in _LEGACY_HEADERS:
+            raise MissingHeaderError(
+                f"artifact {uri} ({name!r}, format {doc.get('schema_version')}) has no header and no legacy "
+                f"header reader is registered for {name!r}; load it with load_detector instead"
+            )
+        derived = _LEGACY_HEADERS[name](doc)
+    return ArtifactHeader.from_doc(uri, doc, derived)
+
+
+def preprocessor_from_header(header: ArtifactHeader) -> Preprocess | None:
+    """The detector's ``preprocess`` rebuilt from ``header.preprocessing`` alone (no weights), or ``None``
+    when the header has no preprocessing (a format ``1.0`` BGAD / M3DM artifact) or its detector
+    registered no header preprocessor: then preprocess with the loaded detector."""
+    import_builtin_detectors()
+    build = _FROM_PREPROCESSING.get(header.detector)
+    if build is None or header.preprocessing is None:
+        return None
+    return build(header.preprocessing)
 
 
 def import_builtin_detectors() -> None:
@@ -142,19 +201,32 @@ def create_detector(name: str, **options: Any) -> Detector:
     return factory(**options)
 
 
-def create_preprocessor(name: str, **options: Any) -> Preprocess | None:
-    """The registered model-free preprocessor for ``name`` with ``options``, or ``None`` if there is none."""
+def create_preprocessor(name: str, header: ArtifactHeader | None = None, **options: Any) -> Preprocess | None:
+    """The registered model-free preprocessor for ``name`` with ``options``, or ``None`` if there is none.
+
+    With ``header`` (an artifact's, :func:`read_header`), the one built from it
+    (:func:`preprocessor_from_header`); ``options`` are then ignored.
+    """
     import_builtin_detectors()
+    if header is not None:
+        return preprocessor_from_header(header)
     factory = _PREPROCESSORS.get(name)
     return None if factory is None else factory(**options)
 
 
 def load_detector(uri: str, device: str | None = None) -> Detector:
     """Load any registered detector from its artifact folder ``uri`` onto ``device`` (default: CUDA if
-    available). Raises ``ValueError`` when the artifact names an unregistered detector, and what
-    :func:`adray.detectors.artifact.read_artifact_config` and the detector's ``load`` raise."""
+    available). A format ``1.1`` artifact's header must agree with the detector it loads (categories,
+    modalities, thresholds, preprocessing). Raises ``ValueError`` when the artifact names an unregistered
+    detector or its header disagrees, and what :func:`adray.detectors.artifact.read_artifact_config` and
+    the detector's ``load`` raise."""
     import_builtin_detectors()
-    name = read_artifact_config(uri).get("detector")
+    doc = read_artifact_config(uri)
+    name = doc.get("detector")
     if name not in _CLASSES:
         raise ValueError(f"artifact {uri} names detector {name!r}, not one of {sorted(_CLASSES)}")
-    return _CLASSES[name].load(uri, device=device)
+    detector = _CLASSES[name].load(uri, device=device)
+    spec = getattr(detector, "preprocessing", None)
+    if doc.get("modalities") is not None and isinstance(spec, Preprocessing):
+        check_header_matches(ArtifactHeader.from_doc(uri, doc), detector, spec)
+    return detector

@@ -7,14 +7,23 @@ same items scored in one batch), save -> load keeping the version, threshold, ca
 and preprocessing: the loaded artifact's ``preprocess`` (and, where the registry has one, the
 model-free preprocessor built from the same options) equals the fitted model's, bit for bit.
 
+The artifact header: read without weights, valid against ``schemas/artifact``, saying what the model
+says; preprocessing rebuilt from it alone equals the model's; the pipeline's driver and decode stage
+use it and never read weights; the version rule is checked on load (tampered weights, config or header
+fail with a clear error); and artifacts written before headers (format 1.0) still load and score.
+
 A detector registered by ``adray`` without a case here fails :func:`test_every_registered_detector_has_a_case`.
 Detectors registered by test modules (plugins of the integration tests) are not ``adray``'s and are left out.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +50,7 @@ class Case:
     scores: tuple[np.ndarray, np.ndarray] | None = None  # (image_score, anomaly_map) of all in one batch
     loaded: Detector | None = None  # the detector after save -> load_detector
     header: dict[str, Any] = field(default_factory=dict)  # its artifact's config.json
+    uri: str = ""  # the artifact folder it was saved to
 
     def __post_init__(self) -> None:  # computed once: M3DM's point-cloud preprocessing takes seconds
         self.prepared = [self.detector.preprocess(s) for s in self.samples]
@@ -145,6 +155,7 @@ def case(request, tmp_path_factory) -> Case:
     built = CASES[request.param](tmp_path_factory)
     uri = str(tmp_path_factory.mktemp("artifact") / built.detector.name)
     built.detector.save(uri)
+    built.uri = uri
     built.header = read_artifact_config(uri)  # readable without weights
     built.loaded = registry.load_detector(uri, device="cpu")
     return built
@@ -213,3 +224,192 @@ def test_preprocessing_from_the_artifact_equals_the_models(case):
             assert set(other) == set(expected)
             for k in expected:
                 np.testing.assert_array_equal(other[k], expected[k])
+
+
+# ------------------------------------------------------------------------------------------ the header
+
+LEGACY_DIR = Path(__file__).parent / "data" / "artifact-1.0"
+
+
+def _forbid_weights(monkeypatch) -> None:
+    """Any read of a tensor file (or any model load by the pipeline) fails the test."""
+    from adray import storage
+
+    real = storage.read_bytes
+
+    def read_bytes(url, *args, **kwargs):
+        assert not str(url).endswith(".safetensors"), f"weights read: {url}"
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    monkeypatch.setattr("adray.pipeline.detector_set.load_detector", _no_load)
+
+
+def _no_load(*args, **kwargs):
+    raise AssertionError("the detector was loaded")
+
+
+def test_header_says_what_the_detector_is_without_weights(case, monkeypatch):
+    from adray.detectors.artifact import ARTIFACT_SCHEMA_VERSION
+    from adray.schemas import validate_record
+
+    _forbid_weights(monkeypatch)
+    det = case.detector
+    validate_record(case.header, "artifact")
+    header = registry.read_header(case.uri)
+    assert header.schema_version == ARTIFACT_SCHEMA_VERSION and not header.legacy
+    assert (header.detector, header.version) == (det.name, det.version)
+    assert header.categories == (None if det.categories is None else tuple(det.categories))
+    assert header.modalities == tuple(det.modalities)
+    assert header.threshold == det.threshold
+    recorded_source = getattr(det, "threshold_source", None) or getattr(det, "metadata", {}).get(
+        "threshold_source"
+    )
+    assert header.threshold_source == recorded_source
+    assert header.pixel_threshold == getattr(det, "pixel_threshold", None)
+    assert header.preprocessing == det.preprocessing
+    assert header.preprocessing.size == case.prepared[0]["image"].shape[1:]
+
+
+def test_preprocessing_from_the_header_equals_the_models(case, monkeypatch):
+    _forbid_weights(monkeypatch)
+    header = registry.read_header(case.uri)
+    for build in (
+        registry.preprocessor_from_header,
+        lambda h: registry.create_preprocessor(h.detector, header=h),
+    ):
+        preprocess = build(header)
+        for sample, expected in zip(case.samples, case.prepared):
+            got = preprocess(sample)
+            assert set(got) == set(expected)
+            for k in expected:
+                np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_the_driver_and_decode_stage_read_the_header_not_the_weights(case, monkeypatch):
+    from adray.pipeline.detector_set import DetectorSet
+    from adray.pipeline.spec import DetectorSpec
+
+    _forbid_weights(monkeypatch)
+    det = case.detector
+    dset = DetectorSet(DetectorSpec(ref=case.uri, device="cpu"))
+    category = det.categories[0]
+    needs_xyz = "xyz" in det.modalities
+    assert dset.name == det.name and dset.needs_xyz == needs_xyz
+    assert dset.version(category) == det.version and dset.threshold(category) == det.threshold
+    assert dset.applies_to(category, True) and not dset.applies_to("not-" + category, True)
+    assert dset.applies_to(category, False) == (not needs_xyz)
+    np.testing.assert_array_equal(
+        dset.preprocess(category, case.samples[0])["image"], case.prepared[0]["image"]
+    )
+
+
+def _copy(case, tmp_path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(case.uri, out)
+    return out
+
+
+def _rewrite(folder: Path, edit: Callable[[dict], None]) -> None:
+    doc = json.loads((folder / "config.json").read_text())
+    edit(doc)
+    (folder / "config.json").write_text(json.dumps(doc))
+
+
+def test_version_rule_is_checked_on_load(case, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(case, tmp_path)
+    weights = load_file(str(folder / "weights.safetensors"))
+    key = next(k for k, v in sorted(weights.items()) if v.is_floating_point() and v.numel())
+    weights[key] = (
+        weights[key]
+        .clone()
+        .reshape(-1)
+        .index_add(0, torch.tensor([0]), torch.tensor([0.5]))
+        .view_as(weights[key])
+    )
+    save_file(weights, str(folder / "weights.safetensors"))
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
+        registry.load_detector(str(folder), device="cpu")
+    digest = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+    _rewrite(folder, lambda d: d["files"].update({"weights.safetensors": digest}))  # sha256 forged too
+    with pytest.raises(ValueError, match="the header or the weights were changed after saving"):
+        registry.load_detector(str(folder), device="cpu")
+
+    folder = _copy(case, tmp_path / "config")
+    _rewrite(folder, lambda d: d["config"].update({"tampered": 1}))
+    with pytest.raises(ValueError, match="hash to"):
+        registry.load_detector(str(folder), device="cpu")
+
+    folder = _copy(case, tmp_path / "header")
+    _rewrite(folder, lambda d: d["preprocessing"]["mean"].__setitem__(0, 0.25))
+    registry.read_header(str(folder))  # still a valid header; the scoring side refuses it
+    with pytest.raises(ValueError, match="header disagrees with the detector"):
+        registry.load_detector(str(folder), device="cpu")
+
+
+def _as_format_1_0(case, tmp_path) -> Path:
+    """The case's artifact rewritten as the code before headers wrote it (checked against the
+    ``config.json`` that code wrote for the same detector, ``tests/unit/data/artifact-1.0``)."""
+    from safetensors.torch import load_file, save_file
+
+    from adray.detectors.artifact import HEADER_FIELDS
+
+    folder = _copy(case, tmp_path / "v1.0")
+    if case.detector.name == "winclip":  # memories were stored as memory.<name>
+        weights = load_file(str(folder / "weights.safetensors"))
+        old = {k if k == "text_embeddings" else f"memory.{k}": v for k, v in weights.items()}
+        save_file(old, str(folder / "weights.safetensors"))
+
+    def downgrade(doc: dict) -> None:
+        for k in HEADER_FIELDS:
+            doc.pop(k, None)
+        doc["schema_version"] = "1.0"
+        for fname in doc["files"]:
+            doc["files"][fname] = hashlib.sha256((folder / fname).read_bytes()).hexdigest()
+
+    _rewrite(folder, downgrade)
+    written = json.loads((folder / "config.json").read_text())
+    then = json.loads((LEGACY_DIR / case.detector.name / "config.json").read_text())
+    assert set(written) == set(then) and set(written["config"]) == set(then["config"])
+    return folder
+
+
+def test_artifacts_written_before_headers_still_load_and_score(case, tmp_path):
+    from adray.pipeline.detector_set import DetectorSet
+    from adray.pipeline.spec import DetectorSpec
+
+    folder = _as_format_1_0(case, tmp_path)
+    header = registry.read_header(str(folder))
+    det = case.detector
+    assert header.legacy and header.version == det.version and header.modalities == tuple(det.modalities)
+    assert header.categories == tuple(det.categories) and header.threshold == det.threshold
+    loaded = registry.load_detector(str(folder), device="cpu")
+    assert loaded.version == det.version
+    image_score, maps = _scores(loaded, case.prepared)
+    np.testing.assert_allclose(image_score, case.scores[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps, case.scores[1], rtol=1e-5, atol=1e-6)
+    dset = DetectorSet(DetectorSpec(ref=str(folder), device="cpu"))
+    got = dset.preprocess(det.categories[0], case.samples[0])  # from the header, else the loaded model
+    assert (header.preprocessing is None) == (det.name in ("bgad", "m3dm"))
+    for k in case.prepared[0]:
+        np.testing.assert_array_equal(got[k], case.prepared[0][k])
+
+
+def test_a_winclip_artifact_written_before_headers_scores_as_it_did():
+    uri = str(LEGACY_DIR / "winclip")
+    header = registry.read_header(uri)
+    assert header.legacy and header.detector == "winclip" and header.categories == ("bottle",)
+    loaded = registry.load_detector(uri, device="cpu")
+    assert loaded.version == header.version == "7824f2cbf4bab4ef"
+    assert header.preprocessing == loaded.preprocessing
+    samples = _rgb_samples("bottle", 37, 0)  # the samples its expected scores were recorded on
+    prepared = [loaded.preprocess(s) for s in samples]
+    preprocess = registry.preprocessor_from_header(header)
+    for s, p in zip(samples, prepared):
+        np.testing.assert_array_equal(preprocess(s)["image"], p["image"])
+    expected = json.loads((LEGACY_DIR / "winclip" / "expected_scores.json").read_text())
+    image_score, maps = _scores(loaded, prepared)
+    np.testing.assert_allclose(image_score, expected["image_score"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), expected["map_mean"], rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from adray.backbones.timm_features import input_normalisation
+from adray.detectors.artifact import VersionRule
 from adray.detectors.base import (
     ScoreBatch,
     content_hash,
@@ -21,6 +22,11 @@ from adray.detectors.base import (
 from adray.detectors.bgad.config import BgadConfig
 from adray.detectors.bgad.images import normalise, resize_image
 from adray.detectors.bgad.model import BgadModel, Normaliser, flow_tensors, image_scores, load_flow_tensors
+from adray.detectors.header import Preprocessing, header_fields
+from adray.detectors.registry import Preprocess, register_header
+
+#: config keys outside the version: the training hyperparameters (provenance; the flows carry their effect)
+UNVERSIONED = ("train",)
 
 
 @register_detector("bgad")
@@ -69,10 +75,16 @@ class BgadDetector:
     def threshold(self) -> float | None:
         return self._threshold
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What :meth:`preprocess` does, for the artifact header: PIL Lanczos resize to ``image_size``
+        square (as the official ``Resize(LANCZOS)``), the backbone's timm mean/std."""
+        size = int(self.cfg.image_size)
+        return Preprocessing(size=(size, size), mean=self._mean, std=self._std, resampling="lanczos")
+
     def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """uint8 ``[H, W, 3]`` -> ``{"image": float32 [3, S, S]}`` (Lanczos resize, backbone mean/std)."""
-        image = resize_image(np.asarray(sample["image"]), self.cfg.image_size)
-        return {"image": normalise(image, self._mean, self._std)}
+        return _preprocess(sample, int(self.cfg.image_size), self._mean, self._std)
 
     @torch.no_grad()
     def score(self, batch: Mapping[str, Any]) -> ScoreBatch:
@@ -102,11 +114,12 @@ class BgadDetector:
             config=config,
             tensors=flow_tensors(self.model),
             metadata=json.loads(json.dumps(metadata, default=_jsonable)),
+            header=header_fields(self, self.preprocessing, UNVERSIONED),
         )
 
     @classmethod
     def load(cls, uri: str, device: str | None = None) -> BgadDetector:
-        doc, weights, _ = load_artifact(uri)
+        doc, weights, _ = load_artifact(uri, legacy_rule=VersionRule(UNVERSIONED))
         config = doc["config"]
         model = BgadModel(BgadConfig.from_dict(config["model"]), backbone_info=config["backbone"])
         load_flow_tensors(model, weights)
@@ -126,6 +139,38 @@ class BgadDetector:
                 "flows or config were changed after saving"
             )
         return det
+
+
+def _preprocess(
+    sample: Mapping[str, Any], size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> dict[str, np.ndarray]:
+    return {"image": normalise(resize_image(np.asarray(sample["image"]), size), mean, std)}
+
+
+def bgad_preprocessor(preprocessing: Preprocessing) -> Preprocess:
+    """``BgadDetector.preprocess`` rebuilt from an artifact header's preprocessing (no weights)."""
+    if preprocessing.size[0] != preprocessing.size[1] or preprocessing.resampling != "lanczos":
+        raise ValueError(f"BGAD preprocesses to a square with Lanczos, not {preprocessing}")
+    size, mean, std = preprocessing.size[0], preprocessing.mean, preprocessing.std
+    return lambda sample: _preprocess(sample, size, mean, std)
+
+
+def bgad_legacy_header(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Header fields of a BGAD artifact written before headers (format ``1.0``): its mean/std were not
+    recorded, so ``preprocessing`` is ``None`` and it preprocesses from the loaded detector."""
+    category = doc["config"]["model"].get("category")
+    metadata = doc.get("metadata") or {}
+    return {
+        "categories": [category] if category else None,
+        "modalities": ["rgb"],
+        "threshold": metadata.get("threshold"),
+        "threshold_source": metadata.get("threshold_source"),
+        "preprocessing": None,
+        "unversioned": None,
+    }
+
+
+register_header("bgad", bgad_preprocessor, legacy=bgad_legacy_header)
 
 
 def _jsonable(o: Any) -> Any:

@@ -16,13 +16,17 @@ import numpy as np
 import torch
 
 from adray.detectors import base
+from adray.detectors.artifact import VersionRule
 from adray.detectors.base import ScoreBatch, register_detector
+from adray.detectors.header import Preprocessing, header_fields
 from adray.detectors.m3dm.alignment import upsample_rgb_grid
 from adray.detectors.m3dm.banks import MemoryBank, score_grids
 from adray.detectors.m3dm.config import M3DMConfig
 from adray.detectors.m3dm.decision import OneClassSVMParams
 from adray.detectors.m3dm.features import FeatureExtractor, prepare_sample
 from adray.detectors.m3dm.fusion import FeatureFusion
+from adray.detectors.m3dm.preprocessing import PreprocessConfig
+from adray.detectors.registry import Preprocess, register_header
 
 BANKS_FILE = "banks.safetensors"
 DLF_FILE = "dlf.safetensors"
@@ -75,6 +79,20 @@ class M3DMDetector:
         if self._version is None:
             self._version = base.content_hash(self._config_doc(), self._tensors())
         return self._version
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What :meth:`preprocess` does, for the artifact header (see :func:`m3dm_preprocessor`)."""
+        mean, std = self.extractor.mean_std
+        size = int(self.config.img_size)
+        params = {
+            "mode": self.config.mode,
+            "scan": self.config.preprocess.to_dict(),
+            "xyz_resampling": "nearest",
+        }
+        return Preprocessing(
+            size=(size, size), mean=mean, std=std, resampling="bicubic-antialias", params=params
+        )
 
     def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
         mean, std = self.extractor.mean_std
@@ -158,11 +176,12 @@ class M3DMDetector:
             tensors=weights,
             extra_files=extra,
             metadata=self.metadata,
+            header=header_fields(self, self.preprocessing),
         )
 
     @classmethod
     def load(cls, uri: str, device: str | None = None) -> M3DMDetector:
-        doc, weights, groups = base.load_artifact(uri)
+        doc, weights, groups = base.load_artifact(uri, legacy_rule=VersionRule())  # all config, all tensors
         cfg_doc = doc["config"]
         config = M3DMConfig.from_dict(cfg_doc["m3dm"])
         extractor = FeatureExtractor(config)
@@ -216,3 +235,35 @@ def fused_grid(
 def backbone_fingerprint(extractor: FeatureExtractor) -> str:
     """A hash of the frozen backbones' parameters and buffers (catches a changed init or weights file)."""
     return base.content_hash({}, {k: v.reshape(-1) for k, v in extractor.state_dict().items()})
+
+
+def m3dm_preprocessor(preprocessing: Preprocessing) -> Preprocess:
+    """``M3DMDetector.preprocess`` rebuilt from an artifact header's preprocessing (no backbones): the
+    scan cleaned by ``params["scan"]`` (:class:`PreprocessConfig`), both modalities resized to ``size``
+    (RGB bicubic with antialiasing, xyz nearest), RGB normalised with ``mean`` / ``std``."""
+    params = preprocessing.params
+    config = M3DMConfig(
+        category="",
+        mode=params["mode"],
+        img_size=int(preprocessing.size[0]),
+        preprocess=PreprocessConfig(**params["scan"]),
+    )
+    mean, std = preprocessing.mean, preprocessing.std
+    return lambda sample: prepare_sample(sample, config, mean, std)
+
+
+def m3dm_legacy_header(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Header fields of an M3DM artifact written before headers (format ``1.0``): its RGB mean/std were
+    not recorded, so ``preprocessing`` is ``None`` and it preprocesses from the loaded detector."""
+    cfg = doc["config"]
+    mode = cfg["m3dm"].get("mode", "rgb+xyz")
+    return {
+        "categories": [cfg["m3dm"]["category"]],
+        "modalities": ["rgb"] if mode == "rgb" else ["rgb", "xyz"],
+        "threshold": cfg.get("threshold"),
+        "preprocessing": None,
+        "unversioned": None,
+    }
+
+
+register_header("m3dm", m3dm_preprocessor, legacy=m3dm_legacy_header)

@@ -1,8 +1,9 @@
 """WinCLIP's artifact: writing it and reading it back (the detector is built in ``model.py``).
 
 The artifact holds what WinCLIP derives, not the CLIP weights: ``weights.safetensors`` has the text
-embeddings and the WinCLIP+ reference memories; ``config.json`` records the settings and the backbone spec
-(model name, weights spec, pretrained tag, weights id), and under ``weights_source`` the file that was read
+embeddings and the WinCLIP+ reference memories (``patch``, ``window_<k>``; format 1.0 named them
+``memory.<name>``); ``config.json`` records the settings, the header and the backbone spec (model name,
+weights spec, pretrained tag, weights id), and under ``weights_source`` the file that was read
 (hub id, file name, snapshot revision, sha256). Loading rebuilds the open_clip model from the spec (shared
 per process), checks that the weights still have the recorded id and, when recorded, that the file found
 has the same sha256 (``random`` weights are seeded, so they are the same), and scores exactly as before.
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from adray.backbones.open_clip import ClipBackbone, load_clip
-from adray.detectors.artifact import load_artifact, save_artifact
+from adray.detectors.artifact import VersionRule, load_artifact, save_artifact
+from adray.detectors.header import header_fields
+
+#: config keys outside the version: runtime chunking and where the CLIP file was read from
+UNVERSIONED = ("max_tokens", "weights_source")
+#: format 1.0 stored the reference memories as ``memory.<name>`` but hashed them as ``<name>``
+LEGACY_RULE = VersionRule(UNVERSIONED, drop_prefix="memory.")
+TEXT_KEY = "text_embeddings"
 
 if TYPE_CHECKING:
     from adray.detectors.winclip.model import WinClip
@@ -34,10 +42,7 @@ def save_winclip(detector: WinClip, uri: str) -> None:
             "this WinClip wraps an open_clip model of unknown origin, so its artifact could not rebuild it: "
             "build it with create_detector('winclip', ...) or pass model_name= and weights= to from_open_clip"
         )
-    tensors = {
-        "text_embeddings": detector.text_embeddings,
-        **{f"memory.{k}": v for k, v in detector.memory.items()},
-    }
+    tensors = {TEXT_KEY: detector.text_embeddings, **detector.memory}  # stored as hashed (VersionRule)
     config = detector.describe()
     config["max_tokens"] = detector.config.max_tokens
     config["weights_source"] = detector.backbone.weights_record()
@@ -53,6 +58,7 @@ def save_winclip(detector: WinClip, uri: str) -> None:
         config=config,
         tensors=tensors,
         metadata=metadata,
+        header=header_fields(detector, detector.preprocessing, UNVERSIONED),
     )
 
 
@@ -77,7 +83,7 @@ def read_winclip_artifact(uri: str, device: str | None = None) -> WinClipArtifac
     ``pretrained`` weights with a recorded file hash) the cached file's sha256 differs; and what
     :func:`adray.detectors.artifact.load_artifact` raises.
     """
-    doc, tensors, _ = load_artifact(uri)
+    doc, tensors, _ = load_artifact(uri, legacy_rule=LEGACY_RULE)
     cfg = doc["config"]
     spec = cfg["backbone"]
     backbone = load_clip(spec["model_name"], spec["weights"], spec["pretrained_tag"], device)
@@ -102,7 +108,7 @@ def read_winclip_artifact(uri: str, device: str | None = None) -> WinClipArtifac
         config=cfg,
         threshold=doc.get("metadata", {}).get("threshold"),
         decision=doc.get("metadata", {}).get("decision"),
-        text_embeddings=tensors["text_embeddings"],
-        memory={k.removeprefix("memory."): v for k, v in tensors.items() if k.startswith("memory.")},
+        text_embeddings=tensors[TEXT_KEY],
+        memory={k.removeprefix("memory."): v for k, v in tensors.items() if k != TEXT_KEY},
         version=doc["version"],
     )

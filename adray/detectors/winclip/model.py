@@ -32,7 +32,9 @@ from adray.backbones.open_clip import (
 )
 from adray.detectors import thresholds as decisions
 from adray.detectors.base import ScoreBatch
+from adray.detectors.header import Preprocessing
 from adray.detectors.winclip import artifact, calibration, scoring
+from adray.detectors.winclip.preprocessing import winclip_preprocessing
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
 from adray.detectors.winclip.windows import embed_tokens, encode_windows, harmonic_aggregation, window_indices
 
@@ -262,6 +264,12 @@ class WinClip(decisions.DecisionMixin):
     @property
     def categories(self) -> tuple[str, ...]:
         return (self.config.class_name,)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What :meth:`preprocess` does, for the artifact header (see :mod:`.preprocessing`)."""
+        cfg = self.backbone.preprocess_cfg
+        return winclip_preprocessing(self.image_size, cfg["mean"], cfg["std"])
 
     def preprocess(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
         cfg = self.backbone.preprocess_cfg

@@ -1,6 +1,8 @@
 """WinCLIP's CPU preprocessing without a model: the image size and mean/std come from open_clip's model and
 pretrained configs, exactly what the loaded model would report, so the pipeline's decode tasks never load
-the CLIP weights. ``WinClip.preprocess`` and this function share :func:`scoring.preprocess_image`."""
+the CLIP weights. ``WinClip.preprocess`` and this function share :func:`scoring.preprocess_image`.
+An artifact's header records the same size and mean/std (:func:`winclip_preprocessing`), so its
+preprocessing is rebuilt from the header alone (:func:`winclip_preprocessor_from`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from adray.backbones.open_clip import DEFAULT_MODEL, TINY_CLIP, register_tiny_clip, resolve_pretrained_tag
+from adray.detectors.header import Preprocessing
 from adray.detectors.winclip import scoring
 
 
@@ -58,3 +61,50 @@ def winclip_preprocessor(
         return {"image": scoring.preprocess_image(sample["image"], size, mean, std)}
 
     return preprocess
+
+
+def winclip_preprocessing(
+    size: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...]
+) -> Preprocessing:
+    """The header's description of WinCLIP's preprocessing: resize (no crop) to ``size`` with bicubic
+    antialiasing, clamp to [0, 1], normalise with CLIP's ``mean`` / ``std``."""
+    return Preprocessing(
+        size=(int(size[0]), int(size[1])),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        resampling="bicubic-antialias",
+    )
+
+
+def winclip_preprocessor_from(
+    preprocessing: Preprocessing,
+) -> Callable[[Mapping[str, Any]], dict[str, np.ndarray]]:
+    """``WinClip.preprocess`` rebuilt from an artifact header's preprocessing (no CLIP model)."""
+    if preprocessing.resampling != "bicubic-antialias":
+        raise ValueError(f"WinCLIP resizes with bicubic-antialias, not {preprocessing.resampling!r}")
+    size, mean, std = preprocessing.size, preprocessing.mean, preprocessing.std
+
+    def preprocess(sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {"image": scoring.preprocess_image(sample["image"], size, mean, std)}
+
+    return preprocess
+
+
+def winclip_legacy_header(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Header fields of a WinCLIP artifact written before headers (format ``1.0``), from its config:
+    the size it recorded and the mean/std of its open_clip model and tag (open_clip's configs, as for
+    the by-name preprocessor; no weights read)."""
+    cfg = doc["config"]
+    spec = cfg["backbone"]
+    _, mean, std = clip_input_spec(spec["model_name"], spec["weights"], spec.get("pretrained_tag") or None)
+    metadata = doc.get("metadata") or {}
+    decision = metadata.get("decision") or {}
+    return {
+        "categories": [cfg["class_name"]],
+        "modalities": ["rgb"],
+        "threshold": metadata.get("threshold"),
+        "threshold_source": decision.get("source"),
+        "pixel_threshold": decision.get("pixel_threshold"),
+        "preprocessing": winclip_preprocessing(tuple(cfg["image_size"]), mean, std),
+        "unversioned": None,
+    }
