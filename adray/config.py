@@ -20,7 +20,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
@@ -60,6 +60,8 @@ class Config(BaseModel):
     positional arguments fill the fields in declaration order (as the dataclasses they replace did)."""
 
     model_config = ConfigDict(extra="forbid")
+    #: raised for a bad value (a ConfigError subclass, so ``adray <cmd>`` reports it in one line, exit 2)
+    error_type: ClassVar[type[Exception]] = ConfigError
 
     def __init__(self, /, *args: Any, **data: Any) -> None:
         names = list(type(self).model_fields)
@@ -72,7 +74,7 @@ class Config(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise ConfigError(explain(type(self), e)) from None
+            raise type(self).error_type(explain(type(self), e)) from None
 
     def replace(self: _C, **changes: Any) -> _C:
         """A validated copy with ``changes`` (as ``dataclasses.replace`` did for the dataclass configs)."""
@@ -118,8 +120,8 @@ def _problem(model: type[BaseModel], item: Any) -> str:
     if kind == "extra_forbidden":
         return f"{where}: unknown setting"
     message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
-    if kind == "value_error":
-        return message if message.startswith(where) else f"{where}: {message}"
+    if kind == "value_error":  # a validator's own message (a model-level one names its flags itself)
+        return message if not loc or message.startswith(where) else f"{where}: {message}"
     return f"{where}: {message[:1].lower()}{message[1:]} (got {value!r})"
 
 
@@ -134,7 +136,8 @@ def add_flags(parser: Any, model: type[BaseModel], names: Iterable[str]) -> None
         if flag.negate:
             kwargs["action"] = "store_false"
         elif flag.repeatable:
-            kwargs.update(action="append", default=None, metavar=flag.metavar)
+            element = _scalar_type(_element(field.annotation))
+            kwargs.update(action="append", default=None, metavar=flag.metavar, type=flag.type or element)
         else:
             if field.is_required():
                 kwargs["required"] = True
@@ -160,6 +163,14 @@ def flag_values(model: type[BaseModel], args: argparse.Namespace) -> dict[str, A
             continue
         out[name] = flag.parse(value) if flag.parse else value
     return out
+
+
+def _element(annotation: Any) -> Any:
+    """``list[X]`` / ``tuple[X, ...]`` (optionally ``| None``) -> ``X``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    if typing.get_origin(annotation) in (list, tuple) and args:
+        return args[0]
+    return _element(args[0]) if len(args) == 1 else None
 
 
 def _scalar_type(annotation: Any) -> Callable[[str], Any] | None:

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from adray.catalog import CatalogError
+from adray.config import add_flags, flag_values
 from adray.evaluation import EvalConfig, EvaluationError, evaluate, write_report
 from adray.evaluation.published import DATASET_CATEGORIES
 from adray.evaluation.report import METRIC_LABELS
@@ -41,31 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "none", *DATASET_CATEGORIES],
         help="dataset for the published numbers; auto = recognise by category names",
     )
-    parser.add_argument(
-        "--pixel-size",
-        type=int,
-        default=256,
-        help="side of the pixel-metric grid; 0 = ground-truth resolution",
-    )
-    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit, in (0, 1] (default 0.3)")
-    parser.add_argument(
-        "--target-fpr",
-        type=float,
-        action="append",
-        default=None,
-        help="false-positive rate to suggest a threshold for (repeatable; default 0.01, 0.05, 0.1)",
-    )
-    parser.add_argument("--worst", type=int, default=6, help="false negatives / positives shown per detector")
+    add_flags(parser, EvalConfig, ("pixel_size", "fpr_limit", "target_fprs", "worst"))
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = EvalConfig(
-            pixel_size=args.pixel_size,
-            fpr_limit=args.fpr_limit,
-            target_fprs=tuple(args.target_fpr or (0.01, 0.05, 0.1)),
-            worst=args.worst,
-        )
+        config = EvalConfig(**flag_values(EvalConfig, args))
         doc = evaluate(
             args.results,
             args.input,

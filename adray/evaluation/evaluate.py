@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from adray import metrics, storage
+from adray.evaluation.config import EvalConfig
 from adray.evaluation.ground_truth import MaskChecks, mask_shape_problem, other_mask_files
 from adray.evaluation.join import (
     EvaluationError,
@@ -47,38 +48,6 @@ from adray.labels import latest_labels
 log = logging.getLogger(__name__)
 IMAGE_METRICS = ("image_auroc", "aupr", "f1_max")
 PIXEL_METRICS = ("pixel_auroc", "aupro")
-
-
-@dataclass
-class EvalConfig:
-    """How to evaluate; defaults follow the MVTec AD conventions (AUPRO up to FPR 0.3).
-
-    Raises EvaluationError for out-of-range values (``fpr_limit`` outside (0, 1], a target FPR outside
-    [0, 1], a negative ``pixel_size``, ...).
-    """
-
-    pixel_size: int = 256  # 0 = each ground-truth mask's resolution
-    fpr_limit: float = 0.3
-    target_fprs: tuple[float, ...] = (0.01, 0.05, 0.1)
-    worst: int = 6  # false negatives and false positives shown per detector
-    curve_points: int = 200
-    hist_bins: int = 24
-    io_threads: int = 8
-
-    def __post_init__(self) -> None:
-        if not 0.0 < float(self.fpr_limit) <= 1.0:  # also refuses NaN
-            raise EvaluationError(
-                f"--fpr-limit (fpr_limit) must lie in (0, 1], got {self.fpr_limit}: AUPRO integrates the "
-                "PRO curve up to this false-positive rate and divides by it (0.3 is the MVTec AD convention)"
-            )
-        bad = [t for t in self.target_fprs if not 0.0 <= float(t) <= 1.0]
-        if bad:
-            raise EvaluationError(f"--target-fpr (target_fprs) values must lie in [0, 1], got {bad}")
-        for name, least in (("pixel_size", 0), ("worst", 0), ("curve_points", 2), ("hist_bins", 1),
-                            ("io_threads", 1)):  # fmt: skip
-            if int(getattr(self, name)) < least:
-                flag = f"--{name.replace('_', '-')} ({name})"
-                raise EvaluationError(f"{flag} must be at least {least}, got {getattr(self, name)}")
 
 
 def evaluate(
@@ -134,7 +103,7 @@ def evaluate_frame(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": dataset,
         "dataset_name": DATASET_NAMES.get(dataset or "", None),
-        "config": asdict(config),
+        "config": config.to_dict(),
         "detectors": {},
     }
     with_masks = frame[(frame["label"] == 1) & frame["gt_mask_uri"].notna()]["gt_mask_uri"]

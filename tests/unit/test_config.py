@@ -100,3 +100,19 @@ def test_bad_flag_value_exits_2_with_one_line(tmp_path, capsys):
     assert "--actors" in err
     assert main(["score", "--input", "m", "--output", "o", "--actor-env", "NOEQUALS"]) == 2
     assert "--actor-env wants KEY=VALUE" in capsys.readouterr().err
+
+
+def test_eval_config_flags_errors_and_round_trip():
+    from adray.evaluation import EvalConfig, EvaluationError
+
+    parser = build_parser("adray evaluate", "evaluate")
+    base = ["--results", "r", "--input", "i", "--report", "o"]
+    assert EvalConfig(**flag_values(EvalConfig, parser.parse_args(base))) == EvalConfig()
+    got = EvalConfig(
+        **flag_values(EvalConfig, parser.parse_args([*base, "--target-fpr", "0.2", "--worst", "1"]))
+    )
+    assert got.target_fprs == (0.2,) and got.worst == 1
+    assert EvalConfig.from_dict(json.loads(json.dumps(got.to_dict()))) == got
+    with pytest.raises(EvaluationError, match="--fpr-limit") as info:
+        EvalConfig(fpr_limit=0)
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
