@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate results against ground truth; JSON + HTML report"),
     "labels": ("labels", "import labels (CSV / Parquet) into a results root; list the latest"),
     "review": ("review", "write a self-contained HTML page to label the top and sampled items; exports CSV"),
+    "plan": ("plan", "per category: the data, the strategy it allows (zero-shot → k-shot → BGAD; M3DM), why"),
+    "models": ("models", "list the model registry of a results root, with each artifact's status"),
     "benchmark": ("benchmark", "run the benchmarks (winclip, pipeline, bgad-fit, m3dm, all)"),
     "demo": ("demo", "generate a demo archive, score it and query the results"),
 }
