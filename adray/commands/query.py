@@ -1,8 +1,8 @@
 """`adray query --output ROOT "SQL"`: DuckDB over committed results, local or on S3.
 
 Views: ``results`` (rows of committed runs), ``runs`` (run records), ``latest_scores`` (latest row per
-item and detector), ``labels`` and ``latest_labels`` (imported labels; the latest per item). Without SQL,
-prints the views' columns.
+item and detector), ``labels`` and ``latest_labels`` (imported labels; the latest per item), ``models``
+(the model registry, each artifact's status). Without SQL, prints the views' columns.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     con = connect(args.output)
     if not args.sql:
-        for view in ("results", "latest_scores", "runs", "labels", "latest_labels"):
+        for view in ("results", "latest_scores", "runs", "labels", "latest_labels", "models"):
             cols = con.execute(f"DESCRIBE {view}").fetchall()
             print(f"{view}: " + ", ".join(f"{c[0]} {c[1]}" for c in cols))
         return 0

@@ -4,7 +4,9 @@
 - ``runs``: one row per run record (counts flattened, detectors as JSON text);
 - ``latest_scores``: the latest row per ``(item_id, detector)`` among committed results;
 - ``labels`` / ``latest_labels``: the imported labels (``schemas/labels``) and the latest one per item
-  (:mod:`adray.labels`).
+  (:mod:`adray.labels`);
+- ``models``: the model registry, one row per registered artifact with its status
+  (:mod:`adray.strategy.registry`).
 
 Object storage goes through the s3fs filesystem registered with DuckDB (``register_filesystem``), so no
 ``httpfs`` extension download is needed. Result files are named ``<run_id>.<write uuid>_...parquet``;
@@ -22,6 +24,7 @@ import pyarrow as pa
 
 from adray import schemas, storage
 from adray.labels import create_views as create_label_views
+from adray.strategy.registry import create_views as create_model_views
 from adray.tables import cell, text_table
 
 RUN_FILE_SEPARATOR = "."
@@ -56,6 +59,7 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
         "QUALIFY row_number() OVER (PARTITION BY item_id, detector ORDER BY scored_at DESC, run_id DESC) = 1"
     )
     create_label_views(con, root)
+    create_model_views(con, root)
     return con
 
 
