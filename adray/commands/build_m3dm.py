@@ -49,6 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--uff-steps", type=int, default=None, help="UFF optimiser steps (default 750)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tiny", action="store_true", help="CI-sized random backbones (tests and demos only)")
+    g = parser.add_argument_group("decision")
+    g.add_argument(
+        "--target-fpr",
+        type=float,
+        default=None,
+        help="image threshold at this false-positive rate on the held-out normals (default: their largest "
+        "score, the threshold M3DM artifacts always had)",
+    )
+    g.add_argument(
+        "--target-pixel-fpr",
+        type=float,
+        default=0.01,
+        help="pixel threshold (defect regions) at this false-positive rate over the held-out normals' map "
+        "pixels (default %(default)s)",
+    )
     g = parser.add_argument_group("cluster")
     g.add_argument("--workers", type=int, default=2, help="feature actors and UFF DDP workers")
     g.add_argument("--uff-workers", type=int, default=None, help="UFF workers (0 = Ray Train local mode)")
@@ -102,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     from adray.train.m3dm import build_m3dm
 
     config = config_from_args(args)
+    for flag, rate in (("--target-fpr", args.target_fpr), ("--target-pixel-fpr", args.target_pixel_fpr)):
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            print(f"adray build-m3dm: error: {flag} must lie in [0, 1], got {rate}", file=sys.stderr)
+            return 2
     ensure_ray(args.address)
     summary = build_m3dm(
         storage.absolute_url(args.train),
@@ -111,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         uff_workers=args.uff_workers,
         batch_size=args.batch_size,
         gpus_per_worker=args.gpus_per_worker,
+        target_fpr=args.target_fpr,
+        target_pixel_fpr=args.target_pixel_fpr,
     )
     doc = dataclasses.asdict(summary)
     doc.pop("uff_losses")

@@ -272,8 +272,11 @@ def build_m3dm(
     uff_workers: int | None = None,
     batch_size: int = 8,
     gpus_per_worker: float = 0.0,
+    target_fpr: float | None = None,
+    target_pixel_fpr: float = 0.01,
 ) -> BuildSummary:
-    """The whole build: items -> Ray features -> (UFF on Ray Train) -> banks + DLF -> artifact."""
+    """The whole build: items -> Ray features -> (UFF on Ray Train) -> banks + DLF -> decision -> artifact.
+    ``target_fpr`` / ``target_pixel_fpr``: :func:`adray.detectors.m3dm.build.heldout_decision`."""
     import torch
 
     from adray.detectors.m3dm.build import build_detector
@@ -305,7 +308,16 @@ def build_m3dm(
     t2 = time.perf_counter()
     torch.manual_seed(config.seed)
     metadata = {"train_uri": train_uri, "skipped": skipped, "uff_final_loss": losses[-1] if losses else None}
-    det = build_detector(config, extractor, bank_feats, held_feats, fusion, metadata)
+    det = build_detector(
+        config,
+        extractor,
+        bank_feats,
+        held_feats,
+        fusion,
+        metadata,
+        target_fpr=target_fpr,
+        target_pixel_fpr=target_pixel_fpr,
+    )
     timings["banks_dlf_s"] = time.perf_counter() - t2
     det.metadata["timings"] = {**det.metadata.get("timings", {}), **timings}
     det.save(output_uri)

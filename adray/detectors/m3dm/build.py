@@ -3,8 +3,9 @@
 Inputs are raw extractor grids of the bank items (normal training items) and of held-out normal items
 (never in the banks): ``{"rgb": [n, Cr, h, w], "xyz": [n, Cx, S, S]}`` numpy arrays. Steps: bank rows
 (fused rows through the trained UFF, in chunks) -> greedy coreset per bank -> score the held-out items
--> fit the DLF one-class SVMs (multi-bank modes; the pixel SVM on foreground pixels) -> threshold = the
-largest held-out normal score.
+-> fit the DLF one-class SVMs (multi-bank modes; the pixel SVM on foreground pixels) -> the decision on the
+held-out normals (:func:`heldout_decision`): image threshold = their largest score (or the one at
+``target_fpr``), pixel threshold at ``target_pixel_fpr`` over their map pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from adray.detectors.m3dm.decision import fit_one_class_svm
 from adray.detectors.m3dm.features import FeatureExtractor
 from adray.detectors.m3dm.fusion import FeatureFusion
 from adray.detectors.m3dm.model import M3DMDetector
+from adray.detectors.thresholds import (
+    DEFAULT_TARGET_PIXEL_FPR,
+    Decision,
+    calibrate,
+    pixel_threshold_at_fpr,
+    source_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,11 @@ def build_detector(
     metadata: Mapping[str, Any] | None = None,
     item_chunk: int = 16,
     device: str | None = None,
+    target_fpr: float | None = None,
+    target_pixel_fpr: float = DEFAULT_TARGET_PIXEL_FPR,
 ) -> M3DMDetector:
+    """Banks, DLF and decision from extracted features (see the module docstring); ``target_fpr`` /
+    ``target_pixel_fpr`` as :func:`heldout_decision`. Raises ``ValueError`` without bank or held-out items."""
     timings: dict[str, float] = {}
     det = M3DMDetector(config, extractor, fusion, device=device)
     n_items = _count(bank_features)
@@ -72,19 +84,57 @@ def build_detector(
     per_bank = heldout_scores(det, heldout_features, item_chunk)
     dlf_record = fit_dlf(det, per_bank, heldout_features) if len(config.bank_names) > 1 else None
     final = det.combine({n: (torch.from_numpy(s), torch.from_numpy(m)) for n, (s, m) in per_bank.items()})
-    det._threshold = float(final.image_score.max())
+    decision = heldout_decision(
+        final.image_score.numpy(), final.anomaly_map.numpy(), target_fpr, target_pixel_fpr
+    )
+    det._threshold = decision.threshold
     timings["dlf_s"] = time.perf_counter() - t0
     det.metadata = {
         **dict(metadata or {}),
         "n_bank_items": n_items,
         "n_heldout_items": n_held,
         "bank_rows": {n: int(b.rows.shape[0]) for n, b in det.banks.items()},
-        "threshold_rule": "max image score over held-out normal items",
+        "threshold_rule": "max image score over held-out normal items"
+        if target_fpr is None
+        else f"image score at a false-positive rate of {target_fpr:g} on held-out normal items",
+        "decision": decision.to_dict(),
+        "threshold_source": decision.source,
         **({"dlf": dlf_record} if dlf_record is not None else {}),
         "timings": timings,
     }
     det._version = None
     return det
+
+
+def heldout_decision(
+    scores: np.ndarray, maps: np.ndarray, target_fpr: float | None, target_pixel_fpr: float
+) -> Decision:
+    """M3DM's decision from held-out normal items' image scores ``[n]`` and maps ``[n, S, S]``.
+
+    Pixel threshold: at ``target_pixel_fpr`` over all their map pixels. Image threshold: with
+    ``target_fpr=None`` their largest score (the rule M3DM artifacts always had; source
+    ``heldout_normals_max``, the pixel rule in ``pixel_source``), else the score at ``target_fpr``
+    (``heldout_normals_fpr_<f>``). Raises ``ValueError`` for a rate outside [0, 1] or no items.
+    """
+    if target_fpr is not None:
+        return calibrate(
+            scores,
+            maps,
+            method="heldout_normals",
+            target_fpr=target_fpr,
+            target_pixel_fpr=target_pixel_fpr,
+        )
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ValueError("heldout_decision needs at least one held-out normal score")
+    return Decision(
+        threshold=float(scores.max()),
+        pixel_threshold=pixel_threshold_at_fpr(maps, target_pixel_fpr),
+        source="heldout_normals_max",
+        target_pixel_fpr=float(target_pixel_fpr),
+        n_calibration=int(scores.size),
+        pixel_source=source_name("heldout_normals_pixel", target_pixel_fpr),
+    )
 
 
 def fit_dlf(

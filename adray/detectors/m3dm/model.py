@@ -27,6 +27,7 @@ from adray.detectors.m3dm.features import FeatureExtractor, prepare_sample
 from adray.detectors.m3dm.fusion import FeatureFusion
 from adray.detectors.m3dm.preprocessing import PreprocessConfig
 from adray.detectors.registry import Preprocess, register_header
+from adray.detectors.thresholds import Decision
 
 BANKS_FILE = "banks.safetensors"
 DLF_FILE = "dlf.safetensors"
@@ -73,6 +74,22 @@ class M3DMDetector:
     @property
     def threshold(self) -> float | None:
         return self._threshold
+
+    @property
+    def decision(self) -> Decision:
+        """Image and pixel thresholds and their source as the build recorded them in
+        ``metadata["decision"]`` (:func:`adray.detectors.m3dm.build.heldout_decision`); ``legacy`` (no
+        pixel threshold) for artifacts built before decisions."""
+        return Decision.from_dict(self.metadata.get("decision"), legacy_threshold=self._threshold)
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """Threshold on anomaly-map values (a pixel is in a defect region when ``>=`` it), or ``None``."""
+        return self.decision.pixel_threshold
+
+    @property
+    def threshold_source(self) -> str:
+        return self.decision.source
 
     @property
     def version(self) -> str:
