@@ -64,6 +64,9 @@ PASS_THROUGH = (
     "content_token",
     "detector_version",
 )
+#: Manifest columns copied to the result stage when the manifest has them (``pixel_size_mm``: the item's
+#: pixel size, for the areas of its defect regions, :func:`adray.pipeline.rows.finalize_batch`).
+OPTIONAL_PASS_THROUGH = ("pixel_size_mm",)
 IMAGE_BYTES = "image_bytes"
 PC_BYTES = "pc_bytes"
 #: Work-list columns of a run with several detectors (:func:`adray.pipeline.graph.merge_passes`): per
@@ -260,7 +263,10 @@ class _Rows:
         self.entries.sort(key=lambda e: (e[0], e[1]))  # grouped by pass: scoring batches stay whole
         index = [i for _, i, _ in self.entries]
         out = self.batch.take(pa.array(index, pa.int64())) if many else self.batch
-        out = out.select([c for c in PASS_THROUGH if c not in ("uri", "pc_uri", "detector_version")])
+        out = out.select(
+            [c for c in PASS_THROUGH if c not in ("uri", "pc_uri", "detector_version")]
+            + [c for c in OPTIONAL_PASS_THROUGH if c in out.column_names]
+        )
         if many:
             versions = self.batch.column(DETECTOR_VERSIONS).to_pylist()
             passes = self.batch.column(PASSES).to_pylist()
