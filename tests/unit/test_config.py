@@ -116,3 +116,19 @@ def test_eval_config_flags_errors_and_round_trip():
     with pytest.raises(EvaluationError, match="--fpr-limit") as info:
         EvalConfig(fpr_limit=0)
     assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+
+
+def test_bgad_configs_round_trip_and_old_documents_load():
+    from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
+    from adray.detectors.bgad.losses import LossConfig
+
+    model = BgadConfig(category="bottle", out_indices=(2, 3), weights="random")
+    train = BgadTrainConfig(seen_defects=("crack",), loss=LossConfig(beta=0.05, focal_weighting=False))
+    assert BgadConfig.from_dict(json.loads(json.dumps(model.to_dict()))) == model
+    assert BgadTrainConfig.from_dict(json.loads(json.dumps(train.to_dict()))) == train
+    assert model.to_dict()["out_indices"] == [2, 3] and BgadTrainConfig().to_dict()["seen_defects"] is None
+    # a document from another version: unknown keys (also in loss) are ignored, missing ones take defaults
+    old = BgadTrainConfig.from_dict({"meta_epochs": 3, "retired": 1, "loss": {"beta": 0.02, "retired": 2}})
+    assert (old.meta_epochs, old.loss.beta, old.sub_epochs) == (3, 0.02, BgadTrainConfig().sub_epochs)
+    with pytest.raises(ConfigError, match="image_size"):
+        BgadConfig(image_size="big")

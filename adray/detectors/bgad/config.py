@@ -1,23 +1,29 @@
 """BGAD configuration: the model/scoring part (stored in the artifact and hashed into its version) and the
-training part (also stored, for provenance). Defaults are the official ones (README / scripts.sh)."""
+training part (also stored, for provenance). Defaults are the official ones (README / scripts.sh).
+
+Both are pydantic models (:class:`adray.config.Config`): a bad value raises a one-line ConfigError.
+``from_dict`` ignores keys it does not know, so artifacts and checkpoints written by other versions load.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pydantic import Field
+
+from adray.config import Config
 from adray.detectors.bgad.losses import LossConfig
 
 
-@dataclass
-class BgadConfig:
+class BgadConfig(Config):
     """Backbone, flows and scoring. ``weights`` is ``pretrained | random | PATH``; ``backbone`` is a timm
     name, with or without ``.tag`` (see :func:`adray.backbones.timm_features.resolve_model_name`)."""
 
     category: str = ""
     # the paper's B6 is timm's old plain "tf_efficientnet_b6", now tag aa_in1k (bare B6 is ns_jft_in1k in timm>=0.9)
     backbone: str = "tf_efficientnet_b6.aa_in1k"
-    pretrained_tag: str | None = None  # for a bare backbone name; a tag in the name wins, a different one errs
+    # for a bare backbone name; a tag in the name wins, a different one errs
+    pretrained_tag: str | None = None
     weights: str = "pretrained"
     backbone_seed: int = 0  # only for weights="random"
     image_size: int = 256
@@ -31,22 +37,13 @@ class BgadConfig:
     top_k: int = 1  # image score = mean of the top-k map pixels (1 = max, the official score)
     score_chunk: int = 65536  # patches per flow call at scoring time (memory bound, no effect on values)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out_indices"] = list(self.out_indices)
-        return d
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BgadConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        if "out_indices" in kw:
-            kw["out_indices"] = tuple(kw["out_indices"])
-        return cls(**kw)
+        """The config of a saved artifact; keys this version does not know are ignored."""
+        return cls(**{k: v for k, v in d.items() if k in cls.model_fields})
 
 
-@dataclass
-class BgadTrainConfig:
+class BgadTrainConfig(Config):
     """Training schedule, data strategy and calibration. ``num_anomalies=0`` is the unsupervised variant."""
 
     meta_epochs: int = 25
@@ -65,23 +62,22 @@ class BgadTrainConfig:
     calibration_fraction: float = 0.1  # train/good held out to calibrate the threshold
     target_fpr: float = 0.01
     seed: int = 0
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
 
     @property
     def supervised(self) -> bool:
         return self.num_anomalies > 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = super().to_dict()
         d["seen_defects"] = list(self.seen_defects) if self.seen_defects else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BgadTrainConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        """The training config of a checkpoint or artifact; keys this version does not know are ignored
+        (also inside ``loss``)."""
+        kw = {k: v for k, v in d.items() if k in cls.model_fields}
         if isinstance(kw.get("loss"), dict):
-            kw["loss"] = LossConfig(**kw["loss"])
-        if kw.get("seen_defects"):
-            kw["seen_defects"] = tuple(kw["seen_defects"])
+            kw["loss"] = {k: v for k, v in kw["loss"].items() if k in LossConfig.model_fields}
         return cls(**kw)

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
+
+from adray.config import Config
 
 
-@dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Config):
     """Official defaults (README/scripts.sh values; ``pos_beta`` 0.01 as documented, not the 0.05 code default)."""
 
     beta: float = 0.01
@@ -34,6 +36,8 @@ class LossConfig:
     push_pull_weight: float = 1.0  # lambda
     focal_weighting: bool = True
     abs_floor: float = 1e-3
+
+    model_config = ConfigDict(frozen=True)
 
 
 def ml_loss(ll: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
