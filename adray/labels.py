@@ -208,7 +208,8 @@ def _resolve_items(rows: list[dict[str, Any]], root: str, flag) -> None:
 
 
 def _known_items(root: str, rows: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
-    from adray.pipeline.query import connect  # late: the query module imports this one for its views
+    # late: importing adray.pipeline runs its package, whose query module imports this one for its views
+    from adray.pipeline.results_store import ResultsStore
 
     wanted = pa.table(
         {
@@ -216,7 +217,9 @@ def _known_items(root: str, rows: list[dict[str, Any]]) -> tuple[dict[str, str],
             "uri": pa.array([r["canonical"] for r in rows], pa.string()),
         }
     )
-    con = connect(root)
+    store = ResultsStore(root)
+    con = store.duckdb()
+    store.add_results_view(con, store.committed_files())
     con.register("_wanted", wanted)
     found = con.execute(
         "SELECT DISTINCT item_id, uri FROM results WHERE item_id IN (SELECT item_id FROM _wanted) "
@@ -317,9 +320,8 @@ def create_views(con: duckdb.DuckDBPyConnection, root: str) -> None:
 
 def latest_labels(root: str) -> pa.Table:
     """The latest label per item under ``root`` (columns of ``schemas/labels``); empty when none."""
-    con = duckdb.connect()
-    loc = storage.resolve(root)
-    if loc.protocol != "file":
-        con.register_filesystem(loc.fs)
+    from adray.pipeline.results_store import ResultsStore  # late, as in _known_items
+
+    con = ResultsStore(root).duckdb()
     create_views(con, root)
     return con.sql("SELECT * FROM latest_labels ORDER BY item_id").to_arrow_table()

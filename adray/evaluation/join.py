@@ -29,7 +29,8 @@ import pyarrow as pa
 
 from adray import catalog
 from adray.detectors.base import read_artifact_config
-from adray.pipeline.query import connect, list_run_records
+from adray.pipeline.query import connect
+from adray.pipeline.results_store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def load_results(
     )
     df = con.execute(sql, params).fetch_df()
     used = set(df["run_id"].unique()) if len(df) else set()
-    records = [r for r in list_run_records(results_root) if r.get("run_id") in used]
+    records = [r for r in ResultsStore(results_root).run_records() if r.get("run_id") in used]
     return df, records
 
 

@@ -9,6 +9,8 @@
 - :func:`rows_already_written` reads the rows a run with the same run id already wrote (a re-run or an
   interrupted run), so that only the rest is scored: this is what makes ``--run-id`` idempotent.
   Unreadable files of that run (a write cut off mid-file) are deleted first; they were never committed.
+  A run keeps the :class:`~adray.pipeline.results_store.RunRows` it read (:func:`read_run_rows`), so its
+  row check before the commit reads only the files written since.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from adray import storage
-from adray.pipeline.query import RUN_FILE_SEPARATOR, connect, list_result_files
+from adray.pipeline.query import connect
+from adray.pipeline.results_store import RUN_FILE_SEPARATOR, ResultsStore, RunRows
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def delta(candidates: pa.Table, output: str, *, exclude_run: str | None = None) 
     """
     if candidates.num_rows == 0:
         return candidates
-    con = connect(output)
+    con = connect(output, exclude_run=exclude_run)  # that run's files are not even read
     con.register("_candidates", candidates)
     retry = ", ".join(f"'{s}'" for s in RETRY_STATUSES)
     kept = con.sql(
@@ -50,25 +51,17 @@ def delta(candidates: pa.Table, output: str, *, exclude_run: str | None = None) 
     return kept.cast(candidates.schema) if kept.num_rows else candidates.slice(0, 0)
 
 
+def read_run_rows(output: str, run_id: str) -> RunRows:
+    """The rows run ``run_id`` already wrote under ``output`` (unreadable files of it deleted)."""
+    rows = RunRows(ResultsStore(output), run_id)
+    rows.refresh(remove_unreadable=True)
+    return rows
+
+
 def rows_already_written(output: str, run_id: str) -> tuple[pa.Table, list[str]]:
     """``(item_id, detector_version)`` of rows run ``run_id`` already wrote, and the partial files removed."""
-    keys = []
-    removed = []
-    for url, file_run in list_result_files(output):
-        if file_run != run_id:
-            continue
-        loc = storage.resolve(url)
-        try:
-            with loc.fs.open(loc.path, "rb") as f:
-                keys.append(pq.read_table(f, columns=["item_id", "detector_version"]))
-        except Exception as e:  # a file cut off mid-write: never committed, safe to drop
-            log.warning("removing unreadable result file %s of run %s: %s", url, run_id, e)
-            storage.remove(url)
-            removed.append(url)
-    schema = pa.schema([("item_id", pa.string()), ("detector_version", pa.string())])
-    if not keys:
-        return schema.empty_table(), removed
-    return pa.concat_tables([k.cast(schema) for k in keys]), removed
+    rows = read_run_rows(output, run_id)
+    return rows.keys(), rows.removed
 
 
 def result_file_prefix(run_id: str) -> str:

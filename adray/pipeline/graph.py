@@ -22,10 +22,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from adray import job_env, storage
+from adray import job_env
 from adray.pipeline.decode import decode_batch, merge_passes
-from adray.pipeline.query import RUN_FILE_SEPARATOR
-from adray.pipeline.rows import PARTITION_COLS, finalize_batch
+from adray.pipeline.results_store import PARTITION_COLS, ResultsStore, result_file_stem
+from adray.pipeline.rows import finalize_batch
 from adray.pipeline.scoring import ScoringActor
 from adray.pipeline.spec import DetectorSpec, ScoreConfig
 
@@ -134,11 +134,11 @@ def write_results(ds: Any, output: str, run_id: str) -> None:
 
     class RunFilenameProvider(FilenameProvider):
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"{run_id}{RUN_FILE_SEPARATOR}{write_uuid}_{task_index:06}"
+            return result_file_stem(run_id, write_uuid, task_index)
 
     # Ray Data's Parquet writer retries a failed file write (DataContext.retried_io_errors, 10 attempts):
     # the only retry layer, so pyarrow sends each request once
-    fs, path = storage.pyarrow_filesystem(storage.join_url(output, "results"), attempts=1)
+    fs, path = ResultsStore(output).results_filesystem(attempts=1)
     ds.write_parquet(
         path,
         filesystem=fs,

@@ -34,6 +34,7 @@ from typing import Any
 
 from adray import storage
 from adray.errors import UserError
+from adray.pipeline.results_store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class LeaseLostError(UserError):
 
 
 def lease_url(output: str, run_id: str) -> str:
-    """``<output>/leases/<run_id>.json``."""
-    return storage.join_url(output, "leases", f"{run_id}.json")
+    """``<output>/leases/<run_id>.json`` (:meth:`ResultsStore.lease_url`)."""
+    return ResultsStore(output).lease_url(run_id)
 
 
 def default_ttl_s() -> float:

@@ -22,38 +22,22 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from adray import schemas, storage
 from adray.labels import create_views as create_label_views
+from adray.pipeline.results_store import RUN_FILE_SEPARATOR, ResultsStore  # noqa: F401  (public here before)
 from adray.strategy.registry import create_views as create_model_views
 from adray.tables import cell, text_table
 
-RUN_FILE_SEPARATOR = "."
 
-
-def connect(root: str) -> duckdb.DuckDBPyConnection:
+def connect(root: str, *, exclude_run: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the ``results``, ``runs``, ``latest_scores``, ``labels`` and
-    ``latest_labels`` views of ``root``."""
-    con = duckdb.connect()
-    loc = storage.resolve(root)
-    if loc.protocol != "file":
-        con.register_filesystem(loc.fs)
-    records = list_run_records(root)
+    ``latest_labels`` views of ``root``; ``exclude_run`` leaves that run's files out of ``results`` (and so
+    out of ``latest_scores``), so they are never read."""
+    store = ResultsStore(root)
+    con = store.duckdb()
+    records = store.run_records()
     con.register("_runs", runs_table(records))
     con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
-    committed = {r["run_id"] for r in records if r.get("status") == "committed"}
-    files = [url for url, run_id in list_result_files(root) if run_id in committed]
-    cols = ", ".join(f'"{c}"' for c in schemas.load_schema("results").names)
-    con.register("_empty_results", schemas.empty_table("results"))
-    if files:
-        # The empty typed table supplies nullable columns added to the schema after older files were written.
-        file_list = "[" + ", ".join(_sql_str(f) for f in files) + "]"
-        con.execute(
-            f"CREATE VIEW results AS SELECT {cols} FROM (SELECT * FROM _empty_results UNION ALL BY NAME "
-            f"SELECT * FROM read_parquet({file_list}, hive_partitioning = true, "
-            "hive_types = {'detector': VARCHAR, 'date': VARCHAR}, union_by_name = true))"
-        )
-    else:
-        con.execute(f"CREATE VIEW results AS SELECT {cols} FROM _empty_results")
+    store.add_results_view(con, store.committed_files(records, exclude_run=exclude_run))
     con.execute(
         "CREATE VIEW latest_scores AS SELECT * FROM results "
         "QUALIFY row_number() OVER (PARTITION BY item_id, detector ORDER BY scored_at DESC, run_id DESC) = 1"
@@ -64,38 +48,13 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
 
 
 def list_result_files(root: str) -> list[tuple[str, str]]:
-    """``(url, run_id)`` of every Parquet file under ``root/results`` (run id from the file name)."""
-    out = []
-    base = storage.join_url(root, "results")
-    _fresh(base)
-    if not storage.exists(base):
-        return out
-    for url, _ in storage.walk_files(base):
-        name = url.rsplit("/", 1)[-1]
-        if name.endswith(".parquet") and RUN_FILE_SEPARATOR in name[: -len(".parquet")]:
-            out.append((url, name.split(RUN_FILE_SEPARATOR, 1)[0]))
-    return out
+    """``(url, run_id)`` of every Parquet file under ``root/results`` (:meth:`ResultsStore.result_files`)."""
+    return [(f.url, f.run_id) for f in ResultsStore(root).result_files()]
 
 
 def list_run_records(root: str) -> list[dict[str, Any]]:
-    base = storage.join_url(root, "runs")
-    _fresh(base)
-    if not storage.exists(base):
-        return []
-    records = []
-    for url, _ in storage.walk_files(base):
-        if url.endswith(".json"):
-            try:
-                records.append(json.loads(storage.read_text(url)))
-            except (ValueError, FileNotFoundError):
-                continue  # a half-written or foreign file is not a committed run
-    return records
-
-
-def _fresh(url: str) -> None:
-    """Drop cached listings: a long-lived process must see files written since its last look."""
-    loc = storage.resolve(url)
-    loc.fs.invalidate_cache()  # all of it: s3fs drops only a path and its parents, not cached subfolders
+    """Every readable run record under ``root/runs`` (:meth:`ResultsStore.run_records`)."""
+    return ResultsStore(root).run_records()
 
 
 def runs_table(records: list[dict[str, Any]]) -> pa.Table:
@@ -144,7 +103,3 @@ def _time(text: Any) -> datetime | None:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
     except ValueError:
         return None
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"

@@ -8,12 +8,12 @@ so retries and re-runs overwrite), and returns a pyarrow table with exactly the 
 all-null columns keep their types in Parquet.
 
 :func:`build_run_record` / :func:`write_run_record` make ``runs/<run_id>.json``, validated against
-``schemas/run_record`` and written last: its presence commits the run's rows.
+``schemas/run_record`` and written last: its presence commits the run's rows. The paths, the record and
+the listing of a run's files belong to :mod:`adray.pipeline.results_store`; the names here forward.
 """
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -21,15 +21,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from adray import __version__ as adray_version
 from adray import schemas, storage
-from adray.io.masks import encode_map_png16, map_to_image, mask_key
+from adray.io.masks import encode_map_png16, map_to_image
+from adray.pipeline.results_store import (  # noqa: F401  (build_run_record, PARTITION_COLS: public here before)
+    PARTITION_COLS,
+    ResultsStore,
+    build_run_record,
+)
 from adray.regions import find_regions
 
 #: Result columns in the order of ``schemas/results``.
 RESULT_FIELDS = tuple(schemas.load_schema("results").names)
-#: Hive partition columns of results/ (stored in the folder names, not in the files).
-PARTITION_COLS = ("detector", "date")
 _MASK_WRITE_THREADS = 8
 
 
@@ -58,6 +60,7 @@ def finalize_batch(
     map_max: list[float | None] = [None] * n
     status, error = list(cols["status"]), list(cols["error"])
     frames = cols.get("map_frame", [None] * n)  # M3DM's pad offsets: the map in the scan's own pixels
+    results = ResultsStore(output)
     pixel_thr = cols.get("pixel_threshold", [None] * n)
     regions: list[list[dict[str, Any]] | None] = [None] * n
     region_count: list[int | None] = [None] * n
@@ -68,7 +71,7 @@ def finalize_batch(
         if pixel_thr[i] is not None:
             regions[i], region_count[i] = find_regions(m, pixel_thr[i], pixel_size_mm=pixel_size_mm)
         png, lo, hi = encode_map_png16(m)
-        url = storage.join_url(output, mask_key(cols["detector_version"][i], cols["item_id"][i]))
+        url = results.mask_url(cols["detector_version"][i], cols["item_id"][i])
         if write_masks:
             storage.write_bytes(url, png)
         mask_uri[i], map_min[i], map_max[i] = storage.redact_url(url), float(lo), float(hi)
@@ -131,55 +134,19 @@ def results_table(data: dict[str, list[Any]]) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------------ run record
-
-
-def build_run_record(
-    *,
-    run_id: str,
-    started_at: datetime,
-    finished_at: datetime,
-    input_uri: str,
-    output: str,
-    detectors: list[dict[str, str]],
-    counts: dict[str, int],
-    timings: dict[str, float],
-    config: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    record = {
-        "schema": "adray/run_record",
-        "schema_version": "1",
-        "run_id": run_id,
-        "started_at": started_at.isoformat(),
-        "finished_at": finished_at.isoformat(),
-        "status": "committed",
-        "input": storage.redact_url(input_uri),
-        "output": storage.redact_url(output),
-        "detectors": detectors,
-        "counts": {
-            k: int(counts.get(k, 0)) for k in ("in", "out", "ok", "error", "anomalous", "not_applicable")
-        },
-        "timings": {k: float(v) for k, v in timings.items()},
-        "config": config,
-        "adray_version": adray_version,
-    }
-    record.update({k: storage.redact_url(v) for k, v in (extra or {}).items()})
-    schemas.validate_record(record, "run_record")
-    return record
+# The run record lives in the results store (adray.pipeline.results_store); these keep the old names.
 
 
 def run_record_url(output: str, run_id: str) -> str:
-    return storage.join_url(output, "runs", f"{run_id}.json")
+    """``<output>/runs/<run_id>.json`` (:meth:`ResultsStore.run_record_url`)."""
+    return ResultsStore(output).run_record_url(run_id)
 
 
 def write_run_record(output: str, record: dict[str, Any]) -> str:
-    url = run_record_url(output, record["run_id"])
-    storage.write_text(url, json.dumps(record, indent=2, sort_keys=True, default=str))
-    return url
+    """Commit a run: :meth:`ResultsStore.write_run_record`."""
+    return ResultsStore(output).write_run_record(record)
 
 
 def read_run_record(output: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(storage.read_text(run_record_url(output, run_id)))
-    except FileNotFoundError:
-        return None
+    """:meth:`ResultsStore.read_run_record`: the record, or ``None`` when the run never committed."""
+    return ResultsStore(output).read_run_record(run_id)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from adray import storage
 from adray.errors import UserError
-from adray.pipeline.backlog import delta, rows_already_written
+from adray.pipeline.backlog import delta, read_run_rows
 from adray.pipeline.cluster import (  # noqa: F401  (public here before the cluster module existed)
     EMBEDDED_RAY_SYSTEM_CONFIG,
     embedded_num_cpus,
@@ -30,8 +30,7 @@ from adray.pipeline.cluster import (  # noqa: F401  (public here before the clus
 from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.graph import DetectorPass, build_dataset, write_results
 from adray.pipeline.lease import RunLease, hold_run_lease
-from adray.pipeline.query import list_result_files
-from adray.pipeline.rows import build_run_record, read_run_record, run_record_url, write_run_record
+from adray.pipeline.results_store import ResultsStore, RunRows, build_run_record
 from adray.pipeline.spec import ScoreConfig
 from adray.pipeline.summary import DetectorCounts, RunSummary
 
@@ -62,7 +61,9 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
     references = pick_references(config, manifest) if config.shots > 0 else {}
     items = select_items(manifest, config)
     ensure_ray(config.address)
-    already, removed = rows_already_written(config.output, run_id)
+    store = ResultsStore(config.output)
+    run_rows = read_run_rows(config.output, run_id)  # what an earlier attempt of this run id wrote
+    already = run_rows.keys()
     passes, counts = [], []
     for spec in config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()}):
         detectors = DetectorSet(spec.replace(device="cpu"))  # the driver only asks for versions
@@ -101,21 +102,21 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
         write_results(build_dataset(todo, config, run_id), config.output, run_id)
     scoring_s = time.perf_counter() - t_scoring
 
-    _check_and_count(config.output, run_id, passes, counts)
+    _check_and_count(config.output, run_id, passes, counts, run_rows)  # reads only files written since
     summary = RunSummary(
         run_id=run_id,
         input=config.input,
         manifest=manifest_url,
         output=config.output,
-        results_url=storage.join_url(config.output, "results"),
-        masks_url=storage.join_url(config.output, "masks"),
-        run_record_url=run_record_url(config.output, run_id),
+        results_url=store.results_url,
+        masks_url=store.masks_url,
+        run_record_url=store.run_record_url(run_id),
         items=items.num_rows,
         detectors=counts,
         elapsed_s=0.0,
         scoring_s=scoring_s,
         references={c: [i for _, i in v] for c, v in references.items()},
-        removed_partial_files=removed,
+        removed_partial_files=run_rows.removed,
     )
     summary.elapsed_s = time.perf_counter() - t0
     record = build_run_record(
@@ -123,7 +124,7 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
         started_at=started_at,
         finished_at=datetime.now(timezone.utc),
         input_uri=manifest_url,
-        output=storage.join_url(config.output, "results"),
+        output=store.results_url,
         detectors=[{"name": d.name, "version": v} for d in counts for v in d.versions],
         counts=summary.counts(),
         timings={"total_s": summary.elapsed_s, "scoring_s": scoring_s, "items_per_s": summary.throughput},
@@ -134,14 +135,14 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
             "source_input": config.input,
         },
     )
-    previous = read_run_record(config.output, run_id)
+    previous = store.read_run_record(run_id)
     if previous is not None and previous.get("status") == "committed" and summary.total("scored_now") == 0:
         log.info(
             "run %s was already committed and nothing was left to score; its record stays as it was", run_id
         )
         return summary
     lease.check()  # a writer that stalled past its lease's expiry must not commit over the new owner
-    write_run_record(config.output, record)
+    store.write_run_record(record)
     return summary
 
 
@@ -160,7 +161,7 @@ def load_manifest(config: ScoreConfig, run_id: str) -> tuple[pa.Table, str]:
     table, report = catalog.open_manifest(config.input, config.layout)
     if report is None:  # a manifest file: used as it is
         return table, config.input
-    url = storage.join_url(config.output, "manifests", f"{run_id}.parquet")
+    url = ResultsStore(config.output).manifest_url(run_id)
     catalog.write_manifest(table, url)
     log.info("built manifest of %d items from %s -> %s", table.num_rows, config.input, url)
     return table, url
@@ -211,20 +212,19 @@ def _minus(work: pa.Table, done: pa.Table) -> pa.Table:
 
 
 def _check_and_count(
-    output: str, run_id: str, passes: list[DetectorPass], counts: list[DetectorCounts]
+    output: str,
+    run_id: str,
+    passes: list[DetectorPass],
+    counts: list[DetectorCounts],
+    run_rows: RunRows | None = None,
 ) -> None:
-    """Count this run's rows in storage per detector; raise unless rows out == rows in, without duplicates."""
-    import pyarrow.parquet as pq
+    """Count this run's rows in storage per detector; raise unless rows out == rows in, without duplicates.
 
-    tables = []
-    for url, file_run in list_result_files(output):
-        if file_run == run_id:
-            loc = storage.resolve(url)
-            with loc.fs.open(loc.path, "rb") as f:
-                t = pq.read_table(f, columns=["item_id", "detector_version", "status", "is_anomalous"])
-            detector = next((p.split("=", 1)[1] for p in url.split("/") if p.startswith("detector=")), "")
-            tables.append(t.append_column("detector", pa.array([detector] * t.num_rows, pa.string())))
-    rows = pa.concat_tables(tables) if tables else None
+    ``run_rows``: what the run read at its start (:func:`~adray.pipeline.backlog.read_run_rows`); only
+    the files written since are read here, so a run reads each of its files once."""
+    run_rows = run_rows if run_rows is not None else RunRows(ResultsStore(output), run_id)
+    run_rows.refresh()
+    rows = run_rows.table() if run_rows.tables else None
     problems = []
     for job, c in zip(passes, counts):
         c.scored_now = job.work.num_rows
@@ -282,21 +282,21 @@ def repair_run(output: str, run_id: str, *, dry_run: bool = False) -> dict[str, 
     """
     import pyarrow.parquet as pq
 
+    store = ResultsStore(output)
     with hold_run_lease(output, run_id):
-        files = sorted(url for url, file_run in list_result_files(output) if file_run == run_id)
+        found = sorted(store.result_files(run_id), key=lambda f: f.url)
+        files, detectors = [f.url for f in found], {f.url: f.detector for f in found}
         tables: dict[str, pa.Table] = {}
         removed: list[str] = []
         for url in files:
-            loc = storage.resolve(url)
             try:
-                with loc.fs.open(loc.path, "rb") as f:
-                    tables[url] = pq.read_table(f)
+                tables[url] = store.read_result_file(url)
             except Exception as e:  # cut off mid-write: never part of a committed run
                 log.warning("run %s: removing unreadable result file %s: %s", run_id, url, e)
                 removed.append(url)
         kept: dict[tuple[str, str, str], tuple[str, int, bool]] = {}
         for url, t in tables.items():
-            detector = next((p.split("=", 1)[1] for p in url.split("/") if p.startswith("detector=")), "")
+            detector = detectors[url]
             statuses = t["status"].to_pylist()
             for i, key in enumerate(zip(t["item_id"].to_pylist(), t["detector_version"].to_pylist())):
                 ok = statuses[i] == "ok"
