@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=t.target_fpr,
         help="false-positive rate of the stored threshold on held-out normals (default %(default)s)",
     )
+    g.add_argument(
+        "--target-pixel-fpr",
+        type=float,
+        default=t.target_pixel_fpr,
+        help="false-positive rate of the stored pixel threshold (defect regions) over the held-out "
+        "normals' map pixels (default %(default)s)",
+    )
     g = parser.add_argument_group("model")
     g.add_argument(
         "--backbone",
@@ -124,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainConfig]:
-    """The configs the flags describe; exits with status 2 when --backbone/--pretrained-tag name no weights."""
+    """The configs the flags describe; exits with status 2 when --backbone/--pretrained-tag name no weights
+    or a target rate lies outside [0, 1]."""
     from adray.backbones.timm_features import check_model_name
     from adray.backbones.weights import BackboneNameError
 
@@ -133,6 +141,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainCo
     except BackboneNameError as e:
         print(f"adray fit-bgad: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+    for flag, rate in (("--target-fpr", args.target_fpr), ("--target-pixel-fpr", args.target_pixel_fpr)):
+        if not 0.0 <= rate <= 1.0:
+            print(f"adray fit-bgad: error: {flag} must lie in [0, 1], got {rate}", file=sys.stderr)
+            raise SystemExit(2)
     model_cfg = BgadConfig(
         category=args.category,
         backbone=args.backbone,
@@ -159,6 +171,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainCo
         copy_paste_variants=args.copy_paste_variants,
         calibration_fraction=args.calibration_fraction,
         target_fpr=args.target_fpr,
+        target_pixel_fpr=args.target_pixel_fpr,
         seed=args.seed,
         loss=LossConfig(beta=args.beta, tau=args.tau, focal_weighting=not args.no_focal),
     )

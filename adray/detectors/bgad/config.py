@@ -60,7 +60,8 @@ class BgadTrainConfig(Config):
     copy_paste_variants: int = 5  # synthetic copy-paste samples per anomaly (official: 5); 0 disables
     copy_paste_placement: str = "in_place"  # or "random" (flip + move anywhere: textures)
     calibration_fraction: float = 0.1  # train/good held out to calibrate the threshold
-    target_fpr: float = 0.01
+    target_fpr: float = 0.01  # image threshold: this false-positive rate on the held-out normals
+    target_pixel_fpr: float = 0.01  # pixel threshold: this rate over the held-out normals' map pixels
     seed: int = 0
     loss: LossConfig = Field(default_factory=LossConfig)
 

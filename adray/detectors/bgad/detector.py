@@ -24,6 +24,7 @@ from adray.detectors.bgad.images import normalise, resize_image
 from adray.detectors.bgad.model import BgadModel, Normaliser, flow_tensors, image_scores, load_flow_tensors
 from adray.detectors.header import Preprocessing, header_fields
 from adray.detectors.registry import Preprocess, register_header
+from adray.detectors.thresholds import Decision
 
 #: config keys outside the version: the training hyperparameters (provenance; the flows carry their effect)
 UNVERSIONED = ("train",)
@@ -74,6 +75,22 @@ class BgadDetector:
     @property
     def threshold(self) -> float | None:
         return self._threshold
+
+    @property
+    def decision(self) -> Decision:
+        """Image and pixel thresholds and their source, as the fit recorded them in
+        ``metadata["decision"]`` (``heldout_normals_fpr_<f>``); ``legacy`` (no pixel threshold) for
+        artifacts fitted before decisions."""
+        return Decision.from_dict(self.metadata.get("decision"), legacy_threshold=self._threshold)
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """Threshold on anomaly-map values (a pixel is in a defect region when ``>=`` it), or ``None``."""
+        return self.decision.pixel_threshold
+
+    @property
+    def threshold_source(self) -> str:
+        return self.decision.source
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -307,10 +307,27 @@ def cached_image_scores(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Image scores of cached items (same computation as :meth:`BgadDetector.score`)."""
+    return cached_scores_and_maps(model, cache, idx, normaliser, batch_size=batch_size, device=device)[0]
+
+
+@torch.no_grad()
+def cached_scores_and_maps(
+    model: BgadModel,
+    cache: FeatureCache,
+    idx: torch.Tensor,
+    normaliser: Normaliser,
+    *,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image scores [n], anomaly maps [n, S, S])`` of cached items, as :meth:`BgadDetector.score`
+    computes them (``S = image_size``; ``n = 0`` gives ``[0]`` and ``[0, S, S]``)."""
     model.eval()
-    out = [torch.zeros(0)]
+    size = int(model.cfg.image_size)
+    scores, maps = [torch.zeros(0)], [torch.zeros(0, size, size)]
     for b in idx.split(batch_size) if idx.numel() else ():
         lls = model.level_log_likelihoods([f[b].to(device) for f in cache.features])
-        maps = normaliser.map_max - model.summed_map(lls, normaliser.level_max)
-        out.append(image_scores(maps, model.cfg.top_k).float().cpu())
-    return torch.cat(out)
+        batch_maps = normaliser.map_max - model.summed_map(lls, normaliser.level_max)
+        scores.append(image_scores(batch_maps, model.cfg.top_k).float().cpu())
+        maps.append(batch_maps.float().cpu())
+    return torch.cat(scores), torch.cat(maps)

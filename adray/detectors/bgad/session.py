@@ -2,7 +2,8 @@
 
 :class:`FitSession` loads the items this rank owns (``owns(item_id)``; everything when single-process),
 caches their backbone features, runs meta-epochs, serialises its training state without pickle
-(safetensors tensors + a JSON-able dict) and finalises the normaliser and threshold. The Ray Train loop
+(safetensors tensors + a JSON-able dict) and finalises the normaliser and the decision (image and pixel
+thresholds on the held-out normals, :mod:`adray.detectors.thresholds`). The Ray Train loop
 (:mod:`adray.train.bgad`) drives the same object with DDP-wrapped flows and collectives.
 """
 
@@ -30,7 +31,7 @@ from adray.detectors.bgad.detector import BgadDetector
 from adray.detectors.bgad.fit import (
     FeatureCache,
     build_feature_cache,
-    cached_image_scores,
+    cached_scores_and_maps,
     epoch_entries,
     fit_normaliser,
     gather_feature_cache,
@@ -40,7 +41,7 @@ from adray.detectors.bgad.fit import (
 )
 from adray.detectors.bgad.model import BgadModel, Normaliser
 from adray.detectors.bgad.parallel import RankGroup, schedule_record
-from adray.metrics import threshold_at_fpr
+from adray.detectors.thresholds import Decision, calibrate, source_name
 
 log = logging.getLogger(__name__)
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -147,34 +148,56 @@ class FitSession:
     # ------------------------------------------------------------------------------------------ finalise
     def finalise(
         self, reduce_max: Reduce = _identity, gather: Reduce = _identity
-    ) -> tuple[Normaliser, float | None, str]:
-        """Frozen normaliser (training normals) and the threshold at ``target_fpr`` on held-out normals
-        (training normals when none are held out: ``source`` says which)."""
+    ) -> tuple[Normaliser, Decision, str]:
+        """Frozen normaliser (training normals) and the :class:`Decision`: image threshold at
+        ``target_fpr`` on the held-out normals' scores, pixel threshold at ``target_pixel_fpr`` over their
+        map pixels (training normals when none are held out: the third value and ``source`` say which).
+        Without any normal to calibrate on, both thresholds are ``None``."""
         # every rank holds all training normals: each takes every world-th one, the collectives combine
         mine = self.cache.indices("normal")[self.group.rank :: self.group.world]
         normaliser = fit_normaliser(
             self.model, self.cache, device=self.device, reduce_max=reduce_max, indices=mine
         )
-        source = "heldout_normals"
+        method = "heldout_normals"
         local = self.cache.indices("calibration")
         n_cal = gather(torch.tensor([float(len(local))])).sum()
         if float(n_cal) == 0:
-            source, local = "train_normals", mine
-        scores = cached_image_scores(self.model, self.cache, local, normaliser, device=self.device)
-        scores = gather(scores)
-        threshold = threshold_at_fpr(scores.numpy(), self.train_cfg.target_fpr) if scores.numel() else None
-        return normaliser, threshold, source
+            method, local = "train_normals", mine
+        scores, maps = cached_scores_and_maps(self.model, self.cache, local, normaliser, device=self.device)
+        scores, maps = gather(scores), gather(maps)
+        cfg = self.train_cfg
+        if scores.numel():
+            decision = calibrate(
+                scores.numpy(),
+                maps.numpy(),
+                method=method,
+                target_fpr=cfg.target_fpr,
+                target_pixel_fpr=cfg.target_pixel_fpr,
+            )
+        else:
+            decision = Decision(None, None, source_name(method, cfg.target_fpr), cfg.target_fpr)
+        return normaliser, decision, method
 
     def detector(
-        self, normaliser: Normaliser, threshold: float | None, *, metadata: dict[str, Any] | None = None
+        self,
+        normaliser: Normaliser,
+        decision: Decision | float | None,
+        *,
+        metadata: dict[str, Any] | None = None,
     ) -> BgadDetector:
+        """The fitted detector; ``decision`` from :meth:`finalise` (a bare threshold is recorded as
+        ``given``), stored in ``metadata["decision"]``, its source in ``metadata["threshold_source"]``."""
+        if not isinstance(decision, Decision):
+            decision = Decision(None if decision is None else float(decision), None, "given")
         meta = {**self.plan.summary(), "target_fpr": self.train_cfg.target_fpr, **(metadata or {})}
+        meta["target_pixel_fpr"] = self.train_cfg.target_pixel_fpr
+        meta["decision"], meta["threshold_source"] = decision.to_dict(), decision.source
         if self.history:
             meta["last_metrics"] = self.history[-1]
         return BgadDetector(
             self.model,
             normaliser,
-            threshold=threshold,
+            threshold=decision.threshold,
             train_config=self.train_cfg.to_dict(),
             metadata=meta,
             device=str(self.device),
@@ -198,10 +221,10 @@ def fit_bgad_local(
         metrics = session.run_meta_epoch(meta_epoch, session.entries(meta_epoch))
         if on_epoch is not None:
             on_epoch(metrics)
-    normaliser, threshold, source = session.finalise()
+    normaliser, decision, method = session.finalise()
     meta = {
-        "threshold_source": source,
+        "threshold_source": method,
         "workers": 1,
         "distributed": schedule_record(train_cfg, session.history, 1),
     }
-    return session.detector(normaliser, threshold, metadata=meta)
+    return session.detector(normaliser, decision, metadata=meta)
