@@ -50,7 +50,8 @@ def finalize_batch(
     detectors share one graph: :func:`adray.pipeline.graph.build_dataset`).
 
     Each map at image resolution also gives the item's defect regions above its ``pixel_threshold``
-    (:func:`adray.regions.find_regions`; areas in mm² with ``pixel_size_mm``)."""
+    (:func:`adray.regions.find_regions`; areas in mm² with the item's ``pixel_size_mm`` manifest column,
+    else the run's ``pixel_size_mm``)."""
     cols = {name: batch.column(name).to_pylist() for name in batch.column_names if name != "map"}
     maps = batch.column("map").to_pylist()
     n = batch.num_rows
@@ -62,6 +63,7 @@ def finalize_batch(
     frames = cols.get("map_frame", [None] * n)  # M3DM's pad offsets: the map in the scan's own pixels
     results = ResultsStore(output)
     pixel_thr = cols.get("pixel_threshold", [None] * n)
+    item_mm = [pixel_size_mm if v is None else float(v) for v in cols.get("pixel_size_mm", [None] * n)]
     regions: list[list[dict[str, Any]] | None] = [None] * n
     region_count: list[int | None] = [None] * n
 
@@ -69,7 +71,7 @@ def finalize_batch(
         m = np.frombuffer(maps[i], dtype=np.float32).reshape(cols["map_h"][i], cols["map_w"][i]).copy()
         m = map_to_image(m, (int(cols["orig_h"][i]), int(cols["orig_w"][i])), frames[i])
         if pixel_thr[i] is not None:
-            regions[i], region_count[i] = find_regions(m, pixel_thr[i], pixel_size_mm=pixel_size_mm)
+            regions[i], region_count[i] = find_regions(m, pixel_thr[i], pixel_size_mm=item_mm[i])
         png, lo, hi = encode_map_png16(m)
         url = results.mask_url(cols["detector_version"][i], cols["item_id"][i])
         if write_masks:
