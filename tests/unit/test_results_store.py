@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from adray import storage
 from adray.pipeline import lease, query, rows
+from adray.pipeline.backlog import delta
 from adray.pipeline.results_store import (
     ResultsStore,
     RunRows,
@@ -161,3 +163,23 @@ def test_run_rows_read_each_file_once(tmp_path, monkeypatch):
     assert set(table["detector"].to_pylist()) == {"grey"}
     assert set(run.tables) == {first, second}
     assert RunRows(store, "none").table().num_rows == 0
+
+
+def test_delta_never_reads_the_excluded_runs_files(tmp_path):
+    # re-running a committed re-inspection under its run id: the delta leaves that run's own files unread
+    store = ResultsStore(str(tmp_path / "out"))
+    _write(store, "old", ["i1"], 0)
+    store.write_run_record(_record("old"))
+    own = _write(store, "again", ["i2"], 0)
+    store.write_run_record(_record("again"))
+    storage.write_bytes(own, b"PAR1 not parquet")  # any read of it would fail
+    candidates = pa.table(
+        {
+            "item_id": ["i1", "i2"],
+            "detector_version": ["v1", "v1"],
+            "content_token": ["t", "t"],
+        }
+    )
+    assert delta(candidates, store.root, exclude_run="again")["item_id"].to_pylist() == ["i2"]
+    with pytest.raises(duckdb.Error):
+        delta(candidates, store.root)
