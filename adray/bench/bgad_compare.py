@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from adray import storage
-from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
+from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
 from adray.detectors.bgad.detector import BgadDetector
 from adray.detectors.bgad.images import resize_mask
-from adray.detectors.bgad.losses import LossConfig
 from adray.detectors.bgad.session import fit_bgad_local
 
 log = logging.getLogger(__name__)
@@ -167,23 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             n_test_per_defect=8,
             seed=args.seed,
         )
-    model_cfg = BgadConfig(
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        n_blocks=args.flow_blocks,
-        flow_seed=args.seed,
-        backbone_seed=args.seed,
-    )
-    train_cfg = BgadTrainConfig(
-        meta_epochs=args.epochs,
-        sub_epochs=args.sub_epochs,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        num_anomalies=args.num_anomalies,
-        seed=args.seed,
-        loss=LossConfig(focal_weighting=not args.no_focal),
-    )
+    # --seen-defects picks the supervised variant's anomalies (compare_supervised), not the shared config
+    model_cfg, train_cfg = configs_from_flags(args, seen_defects=None)
     seen = [s for s in args.seen_defects.split(",") if s] or None
     result = compare_supervised(args.data, args.category, seen, model_cfg, train_cfg, device=args.device)
     print(format_table(result))

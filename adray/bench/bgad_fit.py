@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from adray.detectors.base import load_detector
-    from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
+    from adray.detectors.bgad.config import configs_from_flags
 
     tmp = tempfile.mkdtemp(prefix="adray-bench-bgad-")
     data = storage.absolute_url(args.data) if args.data else args.data  # Ray workers have another cwd
@@ -67,21 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             n_test_per_defect=2,
             seed=0,
         )
-    model_cfg = BgadConfig(
-        category=args.category,
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        n_blocks=args.flow_blocks,
-    )
-    train_cfg = BgadTrainConfig(
-        meta_epochs=args.epochs,
-        sub_epochs=args.sub_epochs,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        num_anomalies=args.num_anomalies,
-        copy_paste_variants=1,
-    )
+    model_cfg, train_cfg = configs_from_flags(args, copy_paste_variants=1)
     rows: list[dict[str, Any]] = []
     artifact = None
     if args.plain:

@@ -132,3 +132,41 @@ def test_bgad_configs_round_trip_and_old_documents_load():
     assert (old.meta_epochs, old.loss.beta, old.sub_epochs) == (3, 0.02, BgadTrainConfig().sub_epochs)
     with pytest.raises(ConfigError, match="image_size"):
         BgadConfig(image_size="big")
+
+
+def test_one_mapping_from_fit_flags_to_bgad_configs():
+    """adray fit-bgad's flags and the BGAD benchmarks' go through configs_from_flags; it sets what each flag
+    names (the seed three fields, --no-focal the loss) and leaves the rest at the config defaults."""
+    from adray.bench import bgad_compare, bgad_fit
+    from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
+    from adray.detectors.bgad.losses import LossConfig
+
+    flags = ["--train", "t", "--category", "bottle", "--output", "o", "--weights", "random", "--seed", "7"]
+    flags += ["--out-indices", "2,3", "--flow-blocks", "2", "--epochs", "3", "--no-focal", "--beta", "0.05"]
+    flags += ["--seen-defects", "crack, hole", "--pretrained-tag", ""]
+    args = build_parser("adray fit-bgad", "fit-bgad").parse_args(flags)
+    model, train = configs_from_flags(args)
+    assert (model.category, model.out_indices, model.n_blocks, model.pretrained_tag) == (
+        "bottle",
+        (2, 3),
+        2,
+        None,
+    )
+    assert (model.flow_seed, model.backbone_seed, train.seed) == (7, 7, 7)
+    assert (train.meta_epochs, train.seen_defects) == (3, ("crack", "hole"))
+    assert train.loss == LossConfig(beta=0.05, focal_weighting=False)
+
+    p = argparse.ArgumentParser()
+    bgad_fit.add_arguments(p)
+    model, train = configs_from_flags(p.parse_args([]), copy_paste_variants=1)
+    assert model == BgadConfig(
+        category="bottle", backbone="test_efficientnet", weights="random", image_size=64
+    )
+    assert train == BgadTrainConfig(
+        meta_epochs=2, sub_epochs=2, batch_size=8, num_anomalies=4, copy_paste_variants=1
+    )
+    p = argparse.ArgumentParser()
+    bgad_compare.add_arguments(p)
+    model, train = configs_from_flags(p.parse_args(["--no-focal", "--seen-defects", "a"]), seen_defects=None)
+    assert (model.n_blocks, train.meta_epochs, train.chunk_size, train.seen_defects) == (4, 10, 1024, None)
+    assert not train.loss.focal_weighting and train.num_anomalies == 10

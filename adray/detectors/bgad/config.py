@@ -82,3 +82,74 @@ class BgadTrainConfig(Config):
         if isinstance(kw.get("loss"), dict):
             kw["loss"] = {k: v for k, v in kw["loss"].items() if k in LossConfig.model_fields}
         return cls(**kw)
+
+
+#: Fit flags (argparse destinations) -> the config fields each sets, as ``(part, field)`` with part
+#: ``model`` (BgadConfig), ``train`` (BgadTrainConfig) or ``loss`` (its LossConfig). ``adray fit-bgad``
+#: has all of them; the BGAD benchmarks a subset.
+FLAG_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "category": (("model", "category"),),
+    "backbone": (("model", "backbone"),),
+    "pretrained_tag": (("model", "pretrained_tag"),),
+    "weights": (("model", "weights"),),
+    "image_size": (("model", "image_size"),),
+    "out_indices": (("model", "out_indices"),),
+    "flow_blocks": (("model", "n_blocks"),),
+    "top_k": (("model", "top_k"),),
+    "seed": (("model", "flow_seed"), ("model", "backbone_seed"), ("train", "seed")),
+    "epochs": (("train", "meta_epochs"),),
+    "sub_epochs": (("train", "sub_epochs"),),
+    "ml_epochs": (("train", "ml_meta_epochs"),),
+    "batch_size": (("train", "batch_size"),),
+    "chunk_size": (("train", "chunk_size"),),
+    "lr": (("train", "lr"),),
+    "num_anomalies": (("train", "num_anomalies"),),
+    "seen_defects": (("train", "seen_defects"),),
+    "anomaly_repeats": (("train", "anomaly_repeats"),),
+    "copy_paste_variants": (("train", "copy_paste_variants"),),
+    "calibration_fraction": (("train", "calibration_fraction"),),
+    "target_fpr": (("train", "target_fpr"),),
+    "target_pixel_fpr": (("train", "target_pixel_fpr"),),
+    "beta": (("loss", "beta"),),
+    "tau": (("loss", "tau"),),
+    "no_focal": (("loss", "focal_weighting"),),
+}
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    """``"crack,hole"`` (or a sequence) -> ``("crack", "hole")``; nothing -> None."""
+    items = value.split(",") if isinstance(value, str) else (value or ())
+    return tuple(s.strip() for s in items if s.strip()) or None
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    """``"1,2,3"`` (or a sequence) -> ``(1, 2, 3)``."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(int(v) for v in items if str(v).strip())
+
+
+_FLAG_VALUE = {
+    "pretrained_tag": lambda v: v or None,  # "" on the command line: none
+    "out_indices": _ints,
+    "seen_defects": _names,
+    "no_focal": lambda v: not v,
+}
+
+
+def configs_from_flags(flags: Any, **train: Any) -> tuple[BgadConfig, BgadTrainConfig]:
+    """The model and training configs that parsed fit flags describe (the one mapping from flags to BGAD
+    configs, used by ``adray fit-bgad`` and the BGAD benchmarks).
+
+    ``flags``: an ``argparse.Namespace`` (any object) holding some of :data:`FLAG_FIELDS`' names; a name
+    it lacks leaves the config default. ``train``: training fields set on top (``copy_paste_variants=1``).
+    Raises :class:`adray.errors.ConfigError` for a bad value.
+    """
+    parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "loss": {}}
+    for dest, targets in FLAG_FIELDS.items():
+        if hasattr(flags, dest):
+            value = _FLAG_VALUE.get(dest, lambda v: v)(getattr(flags, dest))
+            for part, name in targets:
+                parts[part][name] = value
+    if parts["loss"]:
+        parts["train"]["loss"] = LossConfig(**parts["loss"])
+    return BgadConfig(**parts["model"]), BgadTrainConfig(**{**parts["train"], **train})
