@@ -2,7 +2,8 @@
 -> masks + typed rows -> Parquet -> run record) and DuckDB access to its results.
 
 Public API: :func:`score_archive`, :func:`reinspect`, :class:`ScoreConfig`, :class:`RunSummary`,
-:func:`adray.pipeline.query.connect`.
+:func:`adray.pipeline.query.connect`, and :class:`adray.pipeline.results_store.ResultsStore`: the layout of
+an output root (result files, run records, masks, leases), the one place that knows it.
 """
 
 from adray.pipeline.runner import RunCheckError, reinspect, score_archive
