@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "labels": ("labels", "import labels (CSV / Parquet) into a results root; list the latest"),
     "review": ("review", "write a self-contained HTML page to label the top and sampled items; exports CSV"),
     "plan": ("plan", "per category: the data, the strategy it allows (zero-shot → k-shot → BGAD; M3DM), why"),
+    "fit": ("fit", "fit what the plan calls for per category (--detector auto: BGAD, M3DM) and register it"),
     "models": ("models", "list the model registry of a results root, with each artifact's status"),
     "benchmark": ("benchmark", "run the benchmarks (winclip, pipeline, bgad-fit, m3dm, all)"),
     "demo": ("demo", "generate a demo archive, score it and query the results"),
