@@ -99,8 +99,7 @@ def fit_table(manifest: pa.Table, labels: pa.Table | None, category: str) -> pa.
     con = duckdb.connect()
     con.register("_manifest", manifest)
     con.register("_labels", labels)
-    out = con.execute(_FIT_SQL, {"category": category}).arrow()
-    out = out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+    out = con.sql(_FIT_SQL, params={"category": category}).to_arrow_table()
     return out.cast(manifest.schema)
 
 
