@@ -12,7 +12,7 @@ import logging
 import sys
 
 from adray import storage
-from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig
+from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
 from adray.detectors.bgad.losses import LossConfig
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 from adray.pipeline.spec import WEIGHT_KEYWORDS
@@ -145,36 +145,9 @@ def configs_from_args(args: argparse.Namespace) -> tuple[BgadConfig, BgadTrainCo
         if not 0.0 <= rate <= 1.0:
             print(f"adray fit-bgad: error: {flag} must lie in [0, 1], got {rate}", file=sys.stderr)
             raise SystemExit(2)
-    model_cfg = BgadConfig(
-        category=args.category,
-        backbone=args.backbone,
-        pretrained_tag=args.pretrained_tag or None,
-        weights=storage.absolute_url(args.weights, keep=WEIGHT_KEYWORDS),
-        image_size=args.image_size,
-        out_indices=tuple(int(v) for v in args.out_indices.split(",") if v.strip()),
-        n_blocks=args.flow_blocks,
-        top_k=args.top_k,
-        flow_seed=args.seed,
-        backbone_seed=args.seed,
-    )
-    seen = tuple(s.strip() for s in args.seen_defects.split(",") if s.strip()) or None
-    train_cfg = BgadTrainConfig(
-        meta_epochs=args.epochs,
-        sub_epochs=args.sub_epochs,
-        ml_meta_epochs=args.ml_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        num_anomalies=args.num_anomalies,
-        seen_defects=seen,
-        anomaly_repeats=args.anomaly_repeats,
-        copy_paste_variants=args.copy_paste_variants,
-        calibration_fraction=args.calibration_fraction,
-        target_fpr=args.target_fpr,
-        target_pixel_fpr=args.target_pixel_fpr,
-        seed=args.seed,
-        loss=LossConfig(beta=args.beta, tau=args.tau, focal_weighting=not args.no_focal),
-    )
+    model_cfg, train_cfg = configs_from_flags(args)  # the one flags -> configs mapping (FLAG_FIELDS)
+    # weight files are read by Ray workers, whose working directory is not the driver's
+    model_cfg.weights = storage.absolute_url(model_cfg.weights, keep=WEIGHT_KEYWORDS)
     return model_cfg, train_cfg
 
 
