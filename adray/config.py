@@ -16,6 +16,7 @@ parsed namespace as keyword arguments for the model. Defaults therefore live on 
 from __future__ import annotations
 
 import argparse
+import json
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -29,7 +30,18 @@ from adray.errors import ConfigError
 
 _C = TypeVar("_C", bound="Config")
 
-__all__ = ["Config", "ConfigError", "Flag", "add_flags", "explain", "flag_of", "flag_values"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Flag",
+    "add_flags",
+    "explain",
+    "flag_of",
+    "flag_values",
+    "parse_env",
+    "parse_options",
+    "split_pairs",
+]
 
 
 @dataclass(frozen=True)
@@ -179,3 +191,33 @@ def _scalar_type(annotation: Any) -> Callable[[str], Any] | None:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = args[0] if len(args) == 1 else None
     return annotation if annotation in (int, float) else None
+
+
+# ------------------------------------------------------------------ KEY=VALUE flags (repeatable)
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["model_name=adray-tiny-clip", "image_size=64"]`` -> dict; values are JSON when they parse."""
+    out: dict[str, Any] = {}
+    for key, value in split_pairs(pairs, "--detector-option").items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}`` (values stay strings)."""
+    return split_pairs(pairs, "--actor-env")
+
+
+def split_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> dict (split at the first ``=``); a pair without one names ``flag``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out

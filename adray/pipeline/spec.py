@@ -23,41 +23,13 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, field_validator
 
 from adray import storage
-from adray.config import Config, Flag, flag_values
-from adray.errors import ConfigError
+from adray.config import Config, Flag, flag_values, parse_env, parse_options
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 #: Ray's job supervisor passes the submission id to the entrypoint in this variable's JSON.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: ``--weights`` values that name no file
 WEIGHT_KEYWORDS = ("pretrained", "random", "auto")
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["model_name=adray-tiny-clip", "image_size=64"]`` -> dict; values are JSON when they parse."""
-    out: dict[str, Any] = {}
-    for key, value in split_pairs(pairs, "--detector-option").items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def parse_env(pairs: list[str] | None) -> dict[str, str]:
-    """``["OMP_WAIT_POLICY=ACTIVE"]`` -> ``{"OMP_WAIT_POLICY": "ACTIVE"}`` (values stay strings)."""
-    return split_pairs(pairs, "--actor-env")
-
-
-def split_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
-    """``KEY=VALUE`` strings -> dict (split at the first ``=``); a pair without one names ``flag``."""
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} wants KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
 
 
 def _bit_depth(text: str) -> int | None:
