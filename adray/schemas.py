@@ -119,7 +119,7 @@ def load_schema(name: str) -> pa.Schema:
 
 
 def schema_version(name: str) -> str:
-    """``"<version>.<minor_version>"`` of schema ``name`` (``"1.1"`` for results). A minor version adds
+    """``"<version>.<minor_version>"`` of schema ``name`` (``"1.2"`` for results). A minor version adds
     nullable columns only: files of an older minor version read with those columns null."""
     doc = schema_doc(name)
     return f"{doc['version']}.{doc.get('minor_version', 0)}"

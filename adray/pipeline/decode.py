@@ -66,7 +66,7 @@ PASS_THROUGH = (
 )
 #: Manifest columns copied to the result stage when the manifest has them (``pixel_size_mm``: the item's
 #: pixel size, for the areas of its defect regions, :func:`adray.pipeline.rows.finalize_batch`).
-OPTIONAL_PASS_THROUGH = ("pixel_size_mm",)
+OPTIONAL_PASS_THROUGH = ("pixel_size_mm", "strategy")  # strategy: the run's --detector auto choice
 IMAGE_BYTES = "image_bytes"
 PC_BYTES = "pc_bytes"
 #: Work-list columns of a run with several detectors (:func:`adray.pipeline.graph.merge_passes`): per

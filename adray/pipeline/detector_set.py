@@ -134,6 +134,8 @@ class DetectorSet:
         built for "bottle" knows "bottle"); with a pinned ``--class-name`` the person has named the
         object for every item, so every category applies. A fitted artifact answers from its header.
         """
+        if self.spec.only_categories and category not in self.spec.only_categories:
+            return False  # --detector auto gave this category to another detector
         header = self.header()
         if header is not None:
             if "xyz" in header.modalities and not has_point_cloud:

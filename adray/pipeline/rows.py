@@ -120,6 +120,7 @@ def finalize_batch(
         "pixel_threshold": [v if st == "ok" else None for v, st in zip(pixel_thr, status)],
         "regions": [v if st == "ok" else None for v, st in zip(regions, status)],
         "region_count": [v if st == "ok" else None for v, st in zip(region_count, status)],
+        "strategy": cols.get("strategy", [None] * n),  # --detector auto's rung (a work-list column)
     }
     return results_table(data)
 

@@ -31,7 +31,7 @@ from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.graph import DetectorPass, build_dataset, write_results
 from adray.pipeline.lease import RunLease, hold_run_lease
 from adray.pipeline.results_store import ResultsStore, RunRows, build_run_record
-from adray.pipeline.spec import ScoreConfig
+from adray.pipeline.spec import AUTO, ScoreConfig
 from adray.pipeline.summary import DetectorCounts, RunSummary
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,23 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     manifest, manifest_url = load_manifest(config, run_id)
-    references = pick_references(config, manifest) if config.shots > 0 else {}
     items = select_items(manifest, config)
+    auto = resolve_auto_detectors(config, manifest, items)  # --detector auto: registry lookups, here only
+    if auto is not None:
+        references = auto.references
+    else:
+        references = pick_references(config, manifest) if config.shots > 0 else {}
     ensure_ray(config.address)
     store = ResultsStore(config.output)
     run_rows = read_run_rows(config.output, run_id)  # what an earlier attempt of this run id wrote
     already = run_rows.keys()
     passes, counts = [], []
-    for spec in config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()}):
+    specs = (
+        auto.specs
+        if auto
+        else config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()})
+    )
+    for spec in specs:
         detectors = DetectorSet(spec.replace(device="cpu"))  # the driver only asks for versions
         applies = np.array(
             [
@@ -79,6 +88,9 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
         work = work.append_column(
             "detector_version", pa.array([versions[c] for c in work["category"].to_pylist()], pa.string())
         )
+        if auto is not None:  # the rung each row was scored on (results column ``strategy``)
+            strategy = [auto.strategy[c] for c in work["category"].to_pylist()]
+            work = work.append_column("strategy", pa.array(strategy, pa.string()))
         n_delta = work.num_rows
         if config.delta:
             work = delta(work, config.output, exclude_run=run_id)
@@ -133,6 +145,7 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
             "references": summary.references,
             "per_detector": [d.__dict__ for d in counts],
             "source_input": config.input,
+            **({"auto": auto.to_json(), "auto_status": auto.status_lines} if auto else {}),
         },
     )
     previous = store.read_run_record(run_id)
@@ -144,6 +157,18 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
     lease.check()  # a writer that stalled past its lease's expiry must not commit over the new owner
     store.write_run_record(record)
     return summary
+
+
+def resolve_auto_detectors(config: ScoreConfig, manifest: pa.Table, items: pa.Table) -> Any:
+    """``--detector auto`` (alone) resolved per category (:func:`adray.pipeline.auto.resolve_auto`), else
+    None. Raises :class:`UserError` when ``auto`` is mixed with other detectors."""
+    if AUTO not in config.detectors:
+        return None
+    if len(config.detectors) > 1:
+        raise UserError("--detector auto chooses every category's detector; give it alone")
+    from adray.pipeline.auto import resolve_auto
+
+    return resolve_auto(config, manifest, sorted(set(items["category"].to_pylist())))
 
 
 def reinspect(config: ScoreConfig) -> RunSummary:

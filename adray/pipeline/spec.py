@@ -58,6 +58,7 @@ class DetectorSpec(Config):
     references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # k-shot: category -> reference image URIs
     device: str | None = None
     plugins: tuple[str, ...] = ()  # modules ("pkg.mod" or "pkg.mod:function") to load first, in every process
+    only_categories: tuple[str, ...] = ()  # score only these categories (--detector auto); () = any
 
     @property
     def is_artifact(self) -> bool:
@@ -68,6 +69,10 @@ class DetectorSpec(Config):
 
     def reference_uris(self, category: str) -> tuple[str, ...]:
         return dict(self.references).get(category, ())
+
+
+#: ``--detector auto``: each category gets the strategy the registry and the plan allow (adray.pipeline.auto)
+AUTO = "auto"
 
 
 def looks_like_artifact(ref: str) -> bool:

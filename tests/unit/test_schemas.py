@@ -15,7 +15,7 @@ RESULT_COLUMNS = [
     "run_id", "item_id", "uri", "pc_uri", "category", "detector", "detector_version", "image_score",
     "threshold", "is_anomalous", "mask_uri", "map_min", "map_max", "status", "error", "label",
     "defect_type", "content_token", "scored_at", "latency_ms", "date", "note", "threshold_source",
-    "pixel_threshold", "regions", "region_count",
+    "pixel_threshold", "regions", "region_count", "strategy",
 ]  # fmt: skip
 
 
