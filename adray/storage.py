@@ -7,83 +7,52 @@ pyarrow filesystem is wanted (Ray Data readers/writers, Ray Train storage), thro
 ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), with ``ADRAY_S3_ENDPOINT`` as an
 explicit override (for MinIO, moto or any S3-compatible store). Any other installed fsspec protocol works
 through fsspec. Credentials never appear in logs or error messages.
+
+URL text and redaction live in :mod:`adray.storage_urls`, error kinds in :mod:`adray.storage_errors`, the
+S3 client in :mod:`adray.storage_s3`; every name is importable from here as before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import logging
 import os
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 
 from adray import job_env
+from adray.storage_errors import (  # noqa: F401 - re-exported: adray.storage is the public module
+    AccessDeniedError,
+    StorageError,
+    TransientStorageError,
+    UnreadableError,
+    _friendly,
+    _raise_friendly,
+    _redact,
+    is_missing,
+    is_transient,
+    read_failure,
+)
+from adray.storage_s3 import _botocore_attempts, _s3fs, _s3fs_cached, s3_endpoint, s3_region  # noqa: F401
+from adray.storage_urls import (  # noqa: F401
+    absolute_url,
+    canonical_scheme,
+    is_under_prefix,
+    join_path,
+    join_url,
+    redact_text,
+    redact_url,
+    split_userinfo,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: Errors worth retrying: network hiccups, throttling and 5xx answers from object stores.
-_TRANSIENT_MARKERS = (
-    "SlowDown",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "Throttl",
-    "503",
-    "500",
-    "Connection reset",
-    "Connection aborted",
-    "timed out",
-    "Temporary failure",
-    "ConnectionClosed",
-    "EndpointConnectionError",
-    "ReadTimeout",
-    "ConnectTimeout",
-    "IncompleteRead",
-    "ServerDisconnected",
-    "ClientPayloadError",
-    "reduce your request rate",
-)
-#: errno values s3fs gives 5xx and throttling answers (503/SlowDown: EBUSY, 500: EREMOTEIO).
-_TRANSIENT_ERRNOS = (errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN)
-#: ``scheme://USER[:PASSWORD]@`` at the start of a URL. The password may hold '/' (AWS secret keys do) but
-#: not '@'; the user part holds neither, so an S3 key with '@' further down is not taken for user info.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^@/:]*(?::[^@]*)?)@")
-#: The same anywhere in free text (error messages, exception text).
-_USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^@/:\s'\"]*(?::[^@\s'\"]*)?@")
-#: Query parameters of signed URLs whose values are secrets.
-_SECRET_QUERY = re.compile(
-    r"([?&](?:X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|sig|token)=)[^&\s'\"]*",
-    re.IGNORECASE,
-)
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed in a way the user must fix (bad URL, missing credentials, ...)."""
-
-
-class AccessDeniedError(StorageError, PermissionError):
-    """Access to a URL was refused (403, bad or missing rights): a :class:`StorageError` whose message says
-    what to check, and still a ``PermissionError`` for callers that catch that."""
-
-
-class TransientStorageError(StorageError):
-    """A storage operation failed in a way that may succeed when retried."""
-
-
-class UnreadableError(StorageError):
-    """An object that may well exist could not be read now (access refused, throttled, 5xx, timeout,
-    reset), even after the retries of :func:`read_object`. The message names the URL without credentials
-    and the kind of failure, never the object's content."""
 
 
 @dataclass(frozen=True)
@@ -101,170 +70,6 @@ class Location:
 
     def join(self, *parts: str) -> Location:
         return Location(self.fs, join_path(self.path, *parts), self.protocol)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info (``s3://KEY:SECRET@bucket/k`` -> ``s3://bucket/k``) and without the values of
-    signed-URL query parameters (``X-Amz-Signature=...``): the form of a URL that may be stored or printed.
-    Local paths and URLs without user info come back unchanged; non-strings as they are.
-
-    >>> redact_url("s3://AKIDEXAMPLE:wJalr/K7MDENG@bucket/a@b.png")
-    's3://bucket/a@b.png'
-    """
-    if not isinstance(url, str) or "://" not in url:
-        return url
-    out = _USERINFO.sub(r"\1", url, count=1)
-    return _SECRET_QUERY.sub(r"\1***", out) if "?" in out else out
-
-
-def redact_text(text: str) -> str:
-    """Free text (an error message, an exception's text) with user info stripped from every URL in it,
-    signed-URL secrets and the process's AWS secrets (environment) replaced by ``***``."""
-    if not isinstance(text, str):
-        return text
-    out = _USERINFO_IN_TEXT.sub(r"\1", text) if "://" in text else text
-    if "?" in out:
-        out = _SECRET_QUERY.sub(r"\1***", out)
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-        secret = os.environ.get(var)
-        if secret and len(secret) >= 4:
-            out = out.replace(secret, "***")
-    return out
-
-
-def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
-    """``(url without user info, user, password)``; user and password are None where the URL has none.
-    User and password are percent-decoded (a secret may be written with ``%2F`` for '/')."""
-    from urllib.parse import unquote
-
-    m = _USERINFO.match(url) if isinstance(url, str) else None
-    if not m:
-        return url, None, None
-    user, _, password = m.group(2).partition(":")
-    return url[: m.start(2)] + url[m.end() :], unquote(user) or None, unquote(password) or None
-
-
-def is_under_prefix(url: str, prefix: str) -> bool:
-    """Whether ``url`` lies under ``prefix`` (``--allow-prefix``), compared as what would be read: user info
-    dropped, scheme lower-case (``s3a`` = ``s3``), local paths (plain or ``file://``) with symlinks and
-    ``..`` resolved; on other schemes both the written path and its ``..``-normalised form must be under
-    ``prefix``. The match ends at a ``/``: ``s3://bucket`` admits ``s3://bucket/x``, not ``s3://bucket2/x``.
-    """
-    written, normal = _match_forms(url)
-    base = _match_forms(prefix)[1].rstrip("/")
-    return all(f == base or f.startswith(base + "/") for f in {written, normal})
-
-
-def _match_forms(url: str) -> tuple[str, str]:
-    import posixpath
-
-    url = split_userinfo(url)[0]
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() == "file":
-        path = os.path.realpath(os.path.expanduser(rest if sep else url))
-        return path, path
-    scheme = canonical_scheme(scheme)
-    return f"{scheme}://{rest}", f"{scheme}://{posixpath.normpath(rest) if rest else rest}"
-
-
-def canonical_scheme(scheme: str) -> str:
-    """One spelling per URL scheme: lower case, ``s3a`` read as ``s3`` (the same object store)."""
-    scheme = scheme.lower()
-    return "s3" if scheme == "s3a" else scheme
-
-
-def join_path(base: str, *parts: str) -> str:
-    out = base.rstrip("/")
-    for p in parts:
-        p = p.strip("/")
-        if p:
-            out = f"{out}/{p}" if out else p
-    return out
-
-
-def join_url(base: str, *parts: str) -> str:
-    """Join URL parts with '/', keeping the scheme of ``base``."""
-    scheme, sep, rest = base.partition("://")
-    if not sep:
-        return join_path(base, *parts)
-    return f"{scheme}://{join_path(rest, *parts)}"
-
-
-def absolute_url(url: str, keep: tuple[str, ...] = ()) -> str:
-    """``url`` with a local path (relative, ``~``, or ``file://``) made absolute, as :func:`resolve` reads
-    it on this machine; other schemes, the empty string and the words in ``keep`` (``pretrained``) as
-    they are. Drivers call this before sending a path to Ray workers, whose working directory is the
-    cluster's, not the driver's.
-
-    >>> absolute_url("s3://bucket/x"), absolute_url("/data/out/")
-    ('s3://bucket/x', '/data/out')
-    """
-    if not url or url in keep:
-        return url
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme != "file":
-        return url
-    return os.path.abspath(os.path.expanduser(rest if sep else url))
-
-
-def s3_endpoint() -> str | None:
-    """The S3 endpoint override from ``ADRAY_S3_ENDPOINT`` or the standard AWS variables, if any."""
-    for var in ("ADRAY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        if os.environ.get(var):
-            return os.environ[var]
-    return None
-
-
-def s3_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
-def _botocore_attempts() -> int:
-    """botocore's attempts per S3 request (first try included) on clients whose calls adray does not
-    wrap in :func:`with_retries`: ``AWS_MAX_ATTEMPTS`` (the standard AWS variable), default 3."""
-    try:
-        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "3")))
-    except ValueError:
-        return 3
-
-
-def _s3fs(
-    endpoint: str | None,
-    region: str,
-    key: str | None = None,
-    secret: str | None = None,
-    single_attempt: bool = False,
-) -> fsspec.AbstractFileSystem:
-    attempts = 1 if single_attempt else _botocore_attempts()
-    return _s3fs_cached(endpoint, region, key, secret, attempts)
-
-
-@functools.lru_cache(maxsize=16)
-def _s3fs_cached(
-    endpoint: str | None, region: str, key: str | None, secret: str | None, attempts: int
-) -> fsspec.AbstractFileSystem:
-    try:
-        import s3fs
-    except ImportError as e:  # pragma: no cover - s3fs is a hard dependency
-        raise StorageError("s3:// URLs need the s3fs package: pip install s3fs") from e
-    client_kwargs: dict[str, Any] = {"region_name": region}
-    if endpoint:
-        client_kwargs["endpoint_url"] = endpoint
-    # Many S3-compatible stores reject botocore's default flexible checksums; only send them when required.
-    config_kwargs = {
-        "request_checksum_calculation": "when_required",
-        "response_checksum_validation": "when_required",
-        "retries": {"total_max_attempts": attempts, "mode": "standard"},
-    }
-    creds: dict[str, Any] = {"key": key, "secret": secret} if key else {}
-    fs = s3fs.S3FileSystem(
-        client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True, **creds
-    )
-    fs.retries = 1  # s3fs's own loop off: it re-tried throttling and timeouts on top of botocore's
-    return fs
-
-
-_s3fs.cache_clear = _s3fs_cached.cache_clear  # type: ignore[attr-defined]
 
 
 def resolve(url: str, *, single_attempt: bool = False) -> Location:
@@ -354,28 +159,6 @@ def pyarrow_filesystem(url: str, *, attempts: int = PYARROW_S3_ATTEMPTS) -> tupl
 # ---------------------------------------------------------------------------------------------- retries
 
 
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TransientStorageError):
-        return True
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(m in text for m in _TRANSIENT_MARKERS)
-
-
-def is_missing(exc: BaseException) -> bool:
-    """The object does not exist (404, ``NoSuchKey``, ``NoSuchBucket``, no such file or folder): a
-    property of the item, not of the moment, so never worth retrying."""
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(m in text for m in ("NoSuchKey", "NoSuchBucket", "Not Found (404)"))
-
-
 def with_retries(
     fn: Callable[[], T],
     *,
@@ -400,38 +183,6 @@ def with_retries(
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def _redact(exc: BaseException) -> str:
-    return redact_text(str(exc))
-
-
-def _friendly(exc: BaseException, url: str) -> BaseException:
-    """Map credential problems to an error that says what to do (never echoing secrets)."""
-    url = redact_url(url)
-    name = type(exc).__name__
-    text = str(exc)
-    if name in ("NoCredentialsError", "PartialCredentialsError") or "Unable to locate credentials" in text:
-        return StorageError(
-            f"no credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an "
-            "instance/IRSA role); for a non-AWS store also set ADRAY_S3_ENDPOINT"
-        )
-    denied = isinstance(exc, PermissionError)  # s3fs's 403 (AccessDenied, "Forbidden"), or local rights
-    if denied or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text:
-        return AccessDeniedError(
-            f"access to {url} was refused ({name}); check the credentials and bucket policy"
-        )
-    if _redact(exc) != text:
-        return StorageError(f"{name} on {url}: {_redact(exc)}")
-    return exc
-
-
-def _raise_friendly(exc: BaseException, url: str) -> NoReturn:
-    """Raise :func:`_friendly`'s error; the original is chained only when its text holds no secret."""
-    new = _friendly(exc, url)
-    if new is exc:
-        raise exc
-    raise new from (exc if _redact(exc) == str(exc) else None)
 
 
 # ------------------------------------------------------------------------------------------ operations
@@ -478,23 +229,6 @@ def read_object(url: str, *, attempts: int = READ_ATTEMPTS, base_delay: float = 
         if is_missing(e):
             raise FileNotFoundError(f"no such object: {shown}") from None
         raise UnreadableError(f"could not read {shown} ({attempts} attempts): {read_failure(e)}") from None
-
-
-def read_failure(exc: BaseException) -> str:
-    """A short, credential-free description of why a read failed (its kind, not the server's prose)."""
-    text = f"{type(exc).__name__} {exc}"
-    if isinstance(exc, PermissionError) or any(m in text for m in ("AccessDenied", "403", "Forbidden")):
-        return f"access refused ({type(exc).__name__})"
-    if any(m in text for m in ("SlowDown", "Throttl", "reduce your request rate")):
-        return f"throttled ({type(exc).__name__})"
-    if isinstance(exc, TimeoutError) or any(m in text for m in ("timed out", "Timeout")):
-        return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, ConnectionError) or any(m in text for m in ("Connection", "reset", "Disconnected")):
-        return f"connection failed ({type(exc).__name__})"
-    for code in ("500", "502", "503", "504", "InternalError", "ServiceUnavailable"):
-        if code in text:
-            return f"server error {code} ({type(exc).__name__})"
-    return f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
 
 
 @contextlib.contextmanager
