@@ -240,7 +240,7 @@ def test_readme_duckdb_queries_run_on_committed_results(tmp_path, monkeypatch):
     pq.write_table(pa.table(manifest), tmp_path / "manifest.parquet")
 
     readme = (schemas.schemas_dir() / "README.md").read_text()
-    sql = readme.split("```sql")[1].split("```")[0]
+    sql = readme.split("\n## Querying with DuckDB\n", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
     statements = [s.strip() for s in sql.split(";") if s.strip()]
     monkeypatch.chdir(tmp_path)
     con = duckdb.connect()
