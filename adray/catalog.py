@@ -161,25 +161,16 @@ def read_manifest(uri: str) -> pa.Table:
 
 
 def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
+    """``table`` checked and conformed to ``schemas/manifest`` (what :func:`read_manifest` does after
+    reading; ``source`` names it in errors). Raises :class:`CatalogError` for a missing required column, an
+    empty ``uri``/``category``, an unknown ``skip_status``, split or label, or a repeated file or item id."""
     from adray.schemas import conform_table
 
-    missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in table.column_names]
-    if missing:
-        optional = [n for n in load_schema("manifest").names if n not in REQUIRED_INPUT_COLUMNS]
-        raise CatalogError(
-            f"manifest {source} lacks required column(s) {', '.join(missing)}; required: "
-            f"{', '.join(REQUIRED_INPUT_COLUMNS)}; optional: {', '.join(optional)} (has: {', '.join(table.column_names)})"
-        )
+    _require_columns(table, source)
     cols = {
         n: table.column(n).to_pylist() for n in table.column_names if n in _STRING_COLUMNS or n == "label"
     }
     n = table.num_rows
-    for name in ("uri", "category"):
-        bad = [i for i, v in enumerate(cols[name]) if v in (None, "")]
-        if bad:
-            raise CatalogError(
-                f"manifest {source}: column {name!r} is empty in {len(bad)} row(s), e.g. row {bad[0]}"
-            )
     # One spelling per file; relative local paths are read from the driver's working directory (Ray workers
     # run elsewhere). User info stays in this in-process copy (it may be the only credential); item ids,
     # the duplicate check and written manifests use the form without it.
@@ -188,16 +179,7 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
     _refuse_duplicate_files(cols["uri"], bare, source)
     ids = cols.get("item_id") or [None] * n
     ids = [str(i) if i not in (None, "") else item_id_for(u) for i, u in zip(ids, bare)]
-    skips = list(cols.get("skip_status") or [None] * n)
-    reasons = list(cols.get("skip_reason") or [None] * n)
-    for i, u in enumerate(bare):
-        if skips[i] not in (None, "") and skips[i] not in SKIP_STATUSES:
-            raise CatalogError(
-                f"manifest {source}: skip_status {skips[i]!r} in row {i}; use one of {', '.join(SKIP_STATUSES)}"
-            )
-        refusal = uri_refusal(u)
-        if refusal and skips[i] != "refused":
-            skips[i], reasons[i] = "refused", refusal
+    skips, reasons = _skip_columns(cols, bare, source)
     splits = [_split_name(s, source) for s in (cols.get("split") or [None] * n)]
     labels = [_label_value(v, source) for v in (cols.get("label") or [None] * n)]
     defects = cols.get("defect_type") or [None] * n
@@ -212,23 +194,57 @@ def normalise_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         "skip_reason": pa.array([r or None for r in reasons], pa.string()),
     }
     for name, values in fixed.items():
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), name, values)
-        else:
-            table = table.append_column(name, values)
+        table = _put_column(table, name, values)
     for name in _STRING_COLUMNS:  # CSV readers infer numbers for all-digit strings
         if name in table.column_names and not pa.types.is_string(table.column(name).type):
-            table = table.set_column(
-                table.column_names.index(name), name, table.column(name).cast(pa.string())
-            )
+            table = _put_column(table, name, table.column(name).cast(pa.string()))
     for name in ("pc_uri", "gt_mask_uri"):
         if name in table.column_names:
             paths = [canonical_uri(v, keep_userinfo=True) if v else v for v in table.column(name).to_pylist()]
-            table = table.set_column(table.column_names.index(name), name, pa.array(paths, pa.string()))
+            table = _put_column(table, name, pa.array(paths, pa.string()))
     dupes = [k for k, c in Counter(ids).items() if c > 1]
     if dupes:
         raise CatalogError(f"manifest {source}: {len(dupes)} duplicate item_id value(s), e.g. {dupes[0]!r}")
     return conform_table(table, "manifest")
+
+
+def _require_columns(table: pa.Table, source: str) -> None:
+    """Refuse a manifest without ``uri``/``category`` columns, or with empty values in them."""
+    missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in table.column_names]
+    if missing:
+        optional = [n for n in load_schema("manifest").names if n not in REQUIRED_INPUT_COLUMNS]
+        raise CatalogError(
+            f"manifest {source} lacks required column(s) {', '.join(missing)}; required: "
+            f"{', '.join(REQUIRED_INPUT_COLUMNS)}; optional: {', '.join(optional)} (has: {', '.join(table.column_names)})"
+        )
+    for name in ("uri", "category"):
+        bad = [i for i, v in enumerate(table.column(name).to_pylist()) if v in (None, "")]
+        if bad:
+            raise CatalogError(
+                f"manifest {source}: column {name!r} is empty in {len(bad)} row(s), e.g. row {bad[0]}"
+            )
+
+
+def _skip_columns(cols: dict[str, list[Any]], bare: list[str], source: str) -> tuple[list[Any], list[Any]]:
+    """``(skip_status, skip_reason)`` per row: the given ones checked, rows whose URI is refused marked."""
+    skips = list(cols.get("skip_status") or [None] * len(bare))
+    reasons = list(cols.get("skip_reason") or [None] * len(bare))
+    for i, u in enumerate(bare):
+        if skips[i] not in (None, "") and skips[i] not in SKIP_STATUSES:
+            raise CatalogError(
+                f"manifest {source}: skip_status {skips[i]!r} in row {i}; use one of {', '.join(SKIP_STATUSES)}"
+            )
+        refusal = uri_refusal(u)
+        if refusal and skips[i] != "refused":
+            skips[i], reasons[i] = "refused", refusal
+    return skips, reasons
+
+
+def _put_column(table: pa.Table, name: str, values: Any) -> pa.Table:
+    """``table`` with column ``name`` replaced in place, or appended where it has none."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
 
 
 def _refuse_duplicate_files(given: list[Any], canonical: list[str], source: str) -> None:
