@@ -17,6 +17,7 @@ import pytest
 from adray import storage
 from adray.catalog import CatalogError
 from adray.cli import main
+from adray.pipeline import lease as lease_module
 from adray.pipeline import runner
 from adray.pipeline.graph import DetectorPass
 from adray.pipeline.lease import LeaseHeldError, LeaseLostError, RunLease, hold_run_lease, lease_url
@@ -114,7 +115,11 @@ def test_score_archive_holds_the_lease_and_releases_it_on_commit_and_on_failure(
             runner.score_archive(config)
 
 
-def test_s3_leases_use_conditional_writes(s3_bucket):
+def test_s3_leases_use_conditional_writes(s3_bucket, monkeypatch):
+    # a fake clock: expiry is decided by the lease's own clock, so a slow (loaded) machine cannot expire the
+    # first lease before the refusal is checked
+    now = [1_000_000.0]
+    monkeypatch.setattr(lease_module, "_now", lambda: now[0])
     out = f"{s3_bucket}/out"
     first = RunLease(out, "r1", ttl_s=0.5)
     first.acquire()
@@ -122,7 +127,7 @@ def test_s3_leases_use_conditional_writes(s3_bucket):
     with pytest.raises(LeaseHeldError, match="is being written by another process"):
         RunLease(out, "r1").acquire()
     first.renew()
-    time.sleep(0.7)
+    now[0] += 0.7  # past the renewed expiry
     second = RunLease(out, "r1", ttl_s=30)
     second.acquire()
     with pytest.raises(LeaseHeldError):
