@@ -50,3 +50,18 @@ def test_without_the_column_or_the_flag_areas_stay_in_pixels(tmp_path):
     out = finalize_batch(scored, run_id="r", detector="greymad", output=str(tmp_path / "o"))
     (rec,) = out.to_pylist()
     assert rec["regions"] and all(r["area_mm2"] is None and r["area_px"] > 0 for r in rec["regions"])
+
+
+def test_a_non_positive_manifest_pixel_size_is_an_item_error_naming_the_column(tmp_path):
+    rows = sup.write_good_items(str(tmp_path), 4)
+    batch = _batch(rows, "v1", False)
+    batch = batch.append_column("pixel_size_mm", pa.array([0.0, -0.5, float("nan"), 0.1], pa.float64()))
+    decoded = decode_batch(batch, spec=GREY, max_pixels=10**6, needs_xyz=False)
+    scored = _with_pixel_threshold(score_batch(DetectorSet(GREY), decoded))
+    out = finalize_batch(scored, run_id="r", detector="greymad", output=str(tmp_path / "o"))
+    recs = out.to_pylist()
+    assert [r["status"] for r in recs] == ["error", "error", "error", "ok"]
+    for rec, given in zip(recs[:3], ("0.0", "-0.5", "nan")):
+        assert "pixel_size_mm must be a positive number, got " + given in rec["error"]
+        assert "mask write failed" not in rec["error"] and rec["regions"] is None
+    assert recs[3]["regions"] and recs[3]["regions"][0]["area_mm2"] is not None
