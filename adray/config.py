@@ -34,6 +34,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Flag",
+    "Real",
     "add_flags",
     "explain",
     "flag_of",
@@ -42,6 +43,12 @@ __all__ = [
     "parse_options",
     "split_pairs",
 ]
+
+
+#: A float setting that keeps an int as given (``2`` stays ``2``, not ``2.0``; pydantic's ``float`` would
+#: convert it). Configs hashed into artifact versions use it, so their documents serialise exactly as the
+#: dataclasses they replaced did and existing versions stay the same. Flags of this type parse as float.
+Real = int | float
 
 
 @dataclass(frozen=True)
@@ -186,10 +193,11 @@ def _element(annotation: Any) -> Any:
 
 
 def _scalar_type(annotation: Any) -> Callable[[str], Any] | None:
-    """int / float for ``int``, ``float`` and their optional forms; None (argparse's text) otherwise."""
+    """int / float for ``int``, ``float``, :data:`Real` and their optional forms; None (argparse's text)
+    otherwise."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else None
+        annotation = float if set(args) == {int, float} else args[0] if len(args) == 1 else None
     return annotation if annotation in (int, float) else None
 
 

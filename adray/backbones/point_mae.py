@@ -23,19 +23,24 @@ Departures from the official M3DM code, on purpose:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import ConfigDict
 from torch import nn
+
+from adray.config import Config, Real
 
 log = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "base_model.", "MAE_encoder.", "model.")
 
 
-@dataclass(frozen=True)
-class PointMAEConfig:
-    """Defaults are M3DM's inference settings (Point-MAE ShapeNet-55 encoder, 1024 groups of 128)."""
+class PointMAEConfig(Config):
+    """Defaults are M3DM's inference settings (Point-MAE ShapeNet-55 encoder, 1024 groups of 128).
+    A frozen pydantic :class:`~adray.config.Config`: an unknown ``bn_stats`` raises a one-line ConfigError."""
+
+    model_config = ConfigDict(frozen=True)
 
     num_group: int = 1024
     group_size: int = 128
@@ -43,21 +48,14 @@ class PointMAEConfig:
     encoder_dims: int = 384
     depth: int = 12
     num_heads: int = 6
-    mlp_ratio: float = 4.0
+    mlp_ratio: Real = 4.0
     qkv_bias: bool = False
-    fetch_idx: tuple[int, ...] = field(default=(3, 7, 11))
-    bn_stats: str = "sample"  # sample (official: per-cloud batch statistics) | running (eval mode)
-
-    def __post_init__(self) -> None:
-        if self.bn_stats not in ("sample", "running"):
-            raise ValueError(f"unknown bn_stats {self.bn_stats!r}; use sample or running")
+    fetch_idx: tuple[int, ...] = (3, 7, 11)
+    bn_stats: Literal["sample", "running"] = "sample"  # sample (official: per-cloud batch stats) | running
 
     @property
     def out_dim(self) -> int:
         return self.trans_dim * len(self.fetch_idx)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def tiny(cls) -> PointMAEConfig:

@@ -12,26 +12,27 @@ what was loaded (``name.tag``, hub id, file, sha256, or the seed).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
+
+from adray.config import Config
 
 DINO_VIT_B8 = "vit_base_patch8_224.dino"
 
 
-@dataclass(frozen=True)
-class ViTConfig:
-    """Which ViT, which weights, and timm overrides (``img_size``, ``patch_size``, ``depth``, ...)."""
+class ViTConfig(Config):
+    """Which ViT, which weights, and timm overrides (``img_size``, ``patch_size``, ``depth``, ...).
+    A frozen pydantic :class:`~adray.config.Config` (bad values raise a one-line ConfigError)."""
+
+    model_config = ConfigDict(frozen=True)
 
     name: str = DINO_VIT_B8
     weights: str = "pretrained"
     seed: int = 0
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class ViTPatchGrid(nn.Module):

@@ -13,7 +13,6 @@ detector and prints a table. ``--generate`` first writes the synthetic dataset (
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -98,7 +97,7 @@ def mode_config(
     if tiny:
         cfg = tiny_config(category, mode=mode, fusion=fusion, seed=seed)
         if weights != "pretrained":
-            cfg = dataclasses.replace(cfg, vit=dataclasses.replace(cfg.vit, weights=weights))
+            cfg = cfg.replace(vit=cfg.vit.replace(weights=weights))
     else:
         cfg = M3DMConfig(
             category=category,
@@ -111,7 +110,7 @@ def mode_config(
         )
     if uff_steps:
         warmup = min(cfg.uff.warmup_steps, uff_steps // 3)
-        cfg = dataclasses.replace(cfg, uff=dataclasses.replace(cfg.uff, steps=uff_steps, warmup_steps=warmup))
+        cfg = cfg.replace(uff=cfg.uff.replace(steps=uff_steps, warmup_steps=warmup))
     return cfg
 
 

@@ -101,14 +101,13 @@ def config_from_args(args: argparse.Namespace) -> M3DMConfig:
             **common,
         )
     if args.weights != "pretrained" and args.tiny:
-        cfg = dataclasses.replace(cfg, vit=dataclasses.replace(cfg.vit, weights=args.weights))
+        cfg = cfg.replace(vit=cfg.vit.replace(weights=args.weights))
     if args.no_preprocess:
-        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, enabled=False))
+        cfg = cfg.replace(preprocess=cfg.preprocess.replace(enabled=False))
     if args.uff_steps is not None:
         steps = args.uff_steps
-        cfg = dataclasses.replace(
-            cfg,
-            uff=dataclasses.replace(cfg.uff, steps=steps, warmup_steps=min(cfg.uff.warmup_steps, steps // 3)),
+        cfg = cfg.replace(
+            uff=cfg.uff.replace(steps=steps, warmup_steps=min(cfg.uff.warmup_steps, steps // 3))
         )
     return cfg
 

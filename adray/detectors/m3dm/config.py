@@ -1,20 +1,26 @@
-"""M3DM configuration: modes, backbones, banks, scoring; defaults follow the paper / official code."""
+"""M3DM configuration: modes, backbones, banks, scoring; defaults follow the paper / official code.
+
+Pydantic models (:class:`adray.config.Config`, frozen): a bad value raises a one-line ConfigError (a
+``ValueError``). Float settings are :data:`adray.config.Real` (an int stays an int), so ``to_dict`` gives
+exactly the documents the dataclasses did and the versions of existing artifacts stay the same.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator
 
 from adray.backbones.point_mae import PointMAEConfig
 from adray.backbones.vit_features import ViTConfig
+from adray.config import Config, Real
 from adray.detectors.m3dm.fusion import FusionConfig
 from adray.detectors.m3dm.preprocessing import PreprocessConfig
 
 MODES = ("rgb", "xyz", "rgb+xyz")
 
 
-@dataclass(frozen=True)
-class M3DMConfig:
+class M3DMConfig(Config):
     """Everything that changes what a built M3DM detector computes (hashed into its version).
 
     ``mode``: ``rgb`` (DINO bank only), ``xyz`` (Point-MAE bank only) or ``rgb+xyz`` (both banks and
@@ -23,33 +29,43 @@ class M3DMConfig:
     rgb / xyz / fused comes from a size computed on the wrong bank, ``docs/official-code/m3dm.md`` §4.1).
     """
 
+    model_config = ConfigDict(frozen=True)
+
     category: str
     mode: str = "rgb+xyz"
     fusion: bool = True
     img_size: int = 224
-    vit: ViTConfig = field(default_factory=ViTConfig)
-    point: PointMAEConfig = field(default_factory=PointMAEConfig)
+    vit: ViTConfig = Field(default_factory=ViTConfig)
+    point: PointMAEConfig = Field(default_factory=PointMAEConfig)
     point_weights: str = "pretrained"
     point_seed: int = 0
     point_normalisation: str = "none"  # none (official: raw coordinates) | center | unit_sphere
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    uff: FusionConfig = field(default_factory=FusionConfig)
-    coreset_ratio: dict[str, float] = field(default_factory=lambda: {"rgb": 0.1, "xyz": 0.1, "fused": 0.1})
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    uff: FusionConfig = Field(default_factory=FusionConfig)
+    coreset_ratio: dict[str, Real] = Field(default_factory=lambda: {"rgb": 0.1, "xyz": 0.1, "fused": 0.1})
     projection_dim: int | None = 128
-    blur_sigma: float = 4.0  # at 224 px; scaled with img_size
+    blur_sigma: Real = 4.0  # at 224 px; scaled with img_size
     dlf_kernel: str = "linear"
-    dlf_nu: float = 0.5
+    dlf_nu: Real = 0.5
     dlf_max_pixel_rows: int = 10000
-    dlf_scale_quantile: float = 0.9  # DLF inputs / this quantile of |x| (artifacts before: 0.5, the median)
+    dlf_scale_quantile: Real = 0.9  # DLF inputs / this quantile of |x| (artifacts before: 0.5, the median)
     dlf_pixel_rows: str = "foreground"  # pixels the pixel SVM is fitted on: foreground | all (before)
     knn_backend: str = "auto"
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown M3DM mode {self.mode!r}; choose from {MODES}")
-        if self.dlf_pixel_rows not in ("foreground", "all"):
-            raise ValueError(f"dlf_pixel_rows must be foreground or all, got {self.dlf_pixel_rows!r}")
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"unknown M3DM mode {mode!r}; choose from {MODES}")
+        return mode
+
+    @field_validator("dlf_pixel_rows")
+    @classmethod
+    def _known_pixel_rows(cls, rows: str) -> str:
+        if rows not in ("foreground", "all"):
+            raise ValueError(f"dlf_pixel_rows must be foreground or all, got {rows!r}")
+        return rows
 
     @property
     def uses_rgb(self) -> bool:
@@ -76,27 +92,21 @@ class M3DMConfig:
     def map_sigma(self) -> float:
         return self.blur_sigma * self.img_size / 224.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> M3DMConfig:
+        """The config of a saved artifact (:meth:`to_dict`'s document); documents written before
+        ``bn_stats``, ``dlf_scale_quantile`` and ``dlf_pixel_rows`` get the values they were built with.
+        Raises :class:`adray.errors.ConfigError` for an unknown key or a bad value."""
         d = dict(d)
         point = dict(d.pop("point"))
-        point["fetch_idx"] = tuple(point["fetch_idx"])
         point.setdefault("bn_stats", "running")  # artifacts from before bn_stats ran the encoder in eval mode
         d.setdefault("dlf_scale_quantile", 0.5)  # artifacts from before divided DLF inputs by their median
         d.setdefault("dlf_pixel_rows", "all")  # ... and fitted the pixel SVM on every pixel
-        return cls(
-            vit=ViTConfig(**d.pop("vit")),
-            point=PointMAEConfig(**point),
-            preprocess=PreprocessConfig(**d.pop("preprocess")),
-            uff=FusionConfig(**d.pop("uff")),
-            **d,
-        )
+        return cls(point=point, **d)
 
     def with_dims(self, rgb_dim: int, xyz_dim: int) -> M3DMConfig:
-        return replace(self, uff=replace(self.uff, rgb_dim=rgb_dim, xyz_dim=xyz_dim))
+        """A copy whose fusion block takes ``rgb_dim`` / ``xyz_dim`` features (the extractor's)."""
+        return self.replace(uff=self.uff.replace(rgb_dim=rgb_dim, xyz_dim=xyz_dim))
 
 
 def tiny_config(category: str, mode: str = "rgb+xyz", img_size: int = 64, **overrides: Any) -> M3DMConfig:

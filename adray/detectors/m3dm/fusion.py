@@ -19,35 +19,35 @@ Departures from the official code, on purpose:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
 from torch import nn
 
 from adray.backbones.point_mae import Mlp
+from adray.config import Config, Real
 from adray.detectors.m3dm.alignment import upsample_rgb_grid
 
 
-@dataclass(frozen=True)
-class FusionConfig:
-    """Architecture + training defaults of the paper / official script (AdamW betas 0.9/0.95, T = 1)."""
+class FusionConfig(Config):
+    """Architecture + training defaults of the paper / official script (AdamW betas 0.9/0.95, T = 1).
+    A frozen pydantic :class:`~adray.config.Config`."""
+
+    model_config = ConfigDict(frozen=True)
 
     xyz_dim: int = 1152
     rgb_dim: int = 768
-    mlp_ratio: float = 4.0
+    mlp_ratio: Real = 4.0
     head_dim: int = 256
-    temperature: float = 1.0
-    lr: float = 3e-3
-    weight_decay: float = 0.01
+    temperature: Real = 1.0
+    lr: Real = 3e-3
+    weight_decay: Real = 0.01
     warmup_steps: int = 250
     steps: int = 750
     batch_items: int = 16
     max_patches: int = 4096  # foreground patches per step and rank (caps the N x N logits)
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def fused_dim(self) -> int:

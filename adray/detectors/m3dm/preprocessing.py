@@ -23,10 +23,13 @@ Departures from the official script, on purpose:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import ConfigDict
+
+from adray.config import Config, Real
 
 STATUS_OK = "ok"
 STATUS_NO_BORDER_PLANE = "no_border_plane"
@@ -37,22 +40,23 @@ class EmptyScanError(ValueError):
     """A scan has no valid points (all zeros / NaN), before or after preprocessing."""
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Config):
+    """Scan preprocessing (distances in metres unless ``units`` says otherwise; see the module docstring).
+    A frozen pydantic :class:`~adray.config.Config`."""
+
+    model_config = ConfigDict(frozen=True)
+
     enabled: bool = True
     border: int = 10
-    plane_distance: float = 0.004
+    plane_distance: Real = 0.004
     ransac_n: int = 50
     ransac_iterations: int = 1000
-    removal_distance: float = 0.005
+    removal_distance: Real = 0.005
     pad_multiple: int = 100
-    dbscan_eps: float = 0.006
+    dbscan_eps: Real = 0.006
     dbscan_min_points: int = 30
     units: Literal["auto", "m", "mm", "raw"] = "auto"
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def scaled_for(self, xyz: np.ndarray) -> PreprocessConfig:
         """Distances converted to the scan's units (``raw``: use as given)."""
@@ -62,8 +66,7 @@ class PreprocessConfig:
             units = "mm" if len(valid) and float(np.median(np.abs(valid[:, 2]))) > 10.0 else "m"
         if units != "mm":
             return self
-        return replace(
-            self,
+        return self.replace(
             plane_distance=self.plane_distance * 1000,
             removal_distance=self.removal_distance * 1000,
             dbscan_eps=self.dbscan_eps * 1000,

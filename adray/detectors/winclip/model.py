@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,13 +33,13 @@ from adray.detectors import thresholds as decisions
 from adray.detectors.base import ScoreBatch
 from adray.detectors.header import Preprocessing
 from adray.detectors.winclip import artifact, calibration, scoring
+from adray.detectors.winclip.config import PRECISIONS, WinClipConfig
 from adray.detectors.winclip.preprocessing import winclip_preprocessing
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
 from adray.detectors.winclip.windows import embed_tokens, encode_windows, harmonic_aggregation, window_indices
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: documented largest deviation of bf16 windows from fp32 (ViT-B-16-plus-240; measured 1.7e-5 / 7.6e-5 on
 #: an AMX Xeon, README): ``auto`` only picks bf16 where it was measured faster and within these bounds
 BF16_TOLERANCE = {"image_score": 1e-4, "anomaly_map": 1e-3}
@@ -48,33 +47,6 @@ BF16_TOLERANCE = {"image_score": 1e-4, "anomaly_map": 1e-3}
 #: 32k-token chunks for the bf16 window passes on a 2-core AMX Xeon (results do not depend on chunking)
 CPU_CHUNK_TOKENS = 4096
 _TEXT_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-@dataclass
-class WinClipConfig:
-    """WinCLIP settings; defaults are the paper's (τ from anomalib, see scoring.py)."""
-
-    class_name: str
-    scales: tuple[int, ...] = (2, 3)
-    temperature: float = 0.07
-    defect_types: tuple[str, ...] = ()
-    precision: str = "auto"  # what runs: effective_precision(); bf16 on CPU: windows only
-    max_tokens: int = 32768  # tokens per transformer call (bounds memory); CPU: at most CPU_CHUNK_TOKENS
-    threshold: float | None = None  # an image threshold given by hand (else the decision's rule)
-    # WinCLIP+: the false-positive rates of its leave-one-out thresholds (images, map pixels)
-    target_fpr: float = decisions.DEFAULT_TARGET_FPR
-    target_pixel_fpr: float = decisions.DEFAULT_TARGET_PIXEL_FPR
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.scales = tuple(int(k) for k in self.scales)
-        self.defect_types = tuple(self.defect_types)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not self.scales or min(self.scales) < 1:
-            raise ValueError(f"window scales must be positive patch counts, got {self.scales}")
-        self.target_fpr = decisions.check_rate("target_fpr", self.target_fpr)
-        self.target_pixel_fpr = decisions.check_rate("target_pixel_fpr", self.target_pixel_fpr)
 
 
 class WinClip(decisions.DecisionMixin):
@@ -278,7 +250,7 @@ class WinClip(decisions.DecisionMixin):
     def describe(self) -> dict[str, Any]:
         """The configuration recorded in artifacts and hashed into :attr:`version` (precision excluded:
         it is a runtime choice, and ``auto`` differs between CPU and GPU hosts)."""
-        cfg = asdict(self.config)
+        cfg = self.config.model_dump()  # python values (tuples), as dataclasses.asdict gave
         cfg.pop("precision")
         cfg.pop("max_tokens")
         for key in ("threshold", "target_fpr", "target_pixel_fpr"):  # decisions, not scores
