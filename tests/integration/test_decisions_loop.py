@@ -1,11 +1,13 @@
 """The decisions loop on the local Ray cluster: a synthetic archive scored zero-shot (every row decided,
 with its source), then with a tiny fitted BGAD (held-out-normal thresholds, defect regions in mm² from
-the manifest's per-item pixel size), then three labels imported and read back through latest_labels.
+the manifest's per-item pixel size), then three labels imported and read back through latest_labels; the
+review page for the root leaves the labelled items out, and `adray evaluate` on a manifest without their
+labels takes them from the imports (metrics.json counts the label-derived rows).
 
 Localisation is *not* asserted: the tiny BGAD this test can afford on CPU (random ``test_efficientnet``,
 a few meta-epochs) does not find the synthetic defects (largest-region IoU with the true mask 0.0 on every
 defective item, measured while writing this test), so the regions are checked for consistency with the
-stored maps instead.
+stored maps instead; ``test_decisions_regions.py`` checks localisation with a tiny M3DM.
 """
 
 from __future__ import annotations
@@ -100,3 +102,52 @@ def test_zero_shot_then_fitted_bgad_then_labels(ray_session, archive, tmp_path):
     want = sorted((r["item_id"], "anomalous" if r["label"] else "normal") for r in labelled)
     assert got == want
     assert np.isfinite([r["image_score"] for r in rows]).all()
+    _review_skips_labelled(out, rows, {r["item_id"] for r in labelled})
+    _evaluate_uses_labels(manifest, out, tmp_path, {r["item_id"] for r in labelled}, rows[0]["detector"])
+
+
+def _review_skips_labelled(root: str, rows: list[dict], labelled: set[str]) -> None:
+    """The review page for the root shows the unlabelled items and none of the labelled ones."""
+    from adray.review.page import PageConfig, build_review
+    from adray.review.select import Selection
+
+    page = build_review(root, Selection(per_category=50, sample=10), PageConfig(thumb_size=32, workers=2))
+    assert page.labelled_items == len(labelled) and page.unreadable == 0
+    assert all(i not in page.html for i in labelled)
+    assert all(r["item_id"] in page.html for r in rows if r["item_id"] not in labelled)
+
+
+def _evaluate_uses_labels(manifest: str, root: str, tmp_path, labelled: set[str], detector: str) -> None:
+    """`adray evaluate` on a manifest without labels for the labelled items takes them from the imports."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from adray.cli import run_command
+
+    table = pq.read_table(manifest)
+    keep = [
+        None if i in labelled else v for i, v in zip(table["item_id"].to_pylist(), table["label"].to_pylist())
+    ]
+    table = table.set_column(
+        table.schema.get_field_index("label"), "label", pa.array(keep, table["label"].type)
+    )
+    unlabelled = str(tmp_path / "unlabelled.parquet")
+    pq.write_table(table, unlabelled)
+    report = str(tmp_path / "report")
+    argv = [
+        "--results",
+        root,
+        "--input",
+        unlabelled,
+        "--report",
+        report,
+        "--run-id",
+        "bgad",
+        "--dataset",
+        "none",
+    ]
+    assert run_command("evaluate", argv) == 0
+    doc = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert doc["labels"]["n_items"] == len(labelled)
+    assert doc["labels"]["used"] == {detector: len(labelled)}
