@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
     from adray.backbones.open_clip import load_clip
     from adray.cpu import cpu_capabilities
     from adray.detectors.winclip import create_winclip
-    from adray.detectors.winclip.model import BF16_TOLERANCE, effective_precision
+    from adray.detectors.winclip.model import effective_precision
 
     torch.set_num_threads(args.threads)
     backbone = load_clip(args.model, args.weights, device=args.device)
@@ -85,30 +85,41 @@ def run(args: argparse.Namespace) -> dict:
         )
         rows.append(_row(mode, precision, args.batch_size, seconds, outputs, mode, runs))
         rows[-1]["reference setup s"] = round(setup, 2)
+    caps = cpu_capabilities()
+    auto = effective_precision("auto", backbone.device)[0]
+    notes = _notes(args, backbone.device, rows, fallbacks, caps, auto)
+    result = {"name": "winclip", "rows": rows, "notes": notes, "cpu": caps.as_dict(), "auto": auto}
+    print(_table(result))
+    return result
+
+
+def _notes(
+    args: argparse.Namespace, device: torch.device, rows: list[dict], fallbacks: list[str], caps, auto: str
+) -> list[str]:
+    """The run's settings, the CPU, what ``auto`` chose, the deviation columns' meaning, fallbacks, and
+    (ViT-B on an AMX CPU) the ratio to anomalib's figure."""
+    from adray.detectors.winclip.model import BF16_TOLERANCE
+
     zero_shot = {r["precision"]: r["images/s"] for r in rows if r["mode"] == "winclip zero-shot"}
     zero, bf16 = zero_shot.get("fp32"), zero_shot.get("bf16")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    caps = cpu_capabilities()
-    auto = effective_precision("auto", backbone.device)[0]
     notes = [
         f"{args.model} weights={args.weights} batch={args.batch_size} threads={args.threads} "
-        f"device={backbone.device}; best of {args.repeats} after a warm-up; load average {load}",
+        f"device={device}; best of {args.repeats} after a warm-up; load average {load}",
         f"CPU: {caps.summary()}",
         f"precision auto chose: {auto} "
-        + ("(CUDA autocast)" if backbone.device.type == "cuda" else "(bf16 windows on AMX only, else fp32)"),
+        + ("(CUDA autocast)" if device.type == "cuda" else "(bf16 windows on AMX only, else fp32)"),
         "deviation columns: max |bf16 - fp32| over the batch's image scores / maps (fp32 is the reference); "
         f"tolerance {BF16_TOLERANCE['image_score']:g} / {BF16_TOLERANCE['anomaly_map']:g}",
         *(f"fallback {f}" for f in fallbacks),
     ]
-    if zero and args.model == "ViT-B-16-plus-240" and backbone.device.type == "cpu" and caps.amx_bf16:
+    if zero and args.model == "ViT-B-16-plus-240" and device.type == "cpu" and caps.amx_bf16:
         notes.append(
             f"anomalib 2.7 WinCLIP zero-shot on the AMX Xeon (issue text): {ANOMALIB_IMAGES_PER_S} "
             f"images/s; fp32 here: {zero / ANOMALIB_IMAGES_PER_S:.2f}x, bf16 here: "
             + (f"{bf16 / ANOMALIB_IMAGES_PER_S:.2f}x" if bf16 else "not run")
         )
-    result = {"name": "winclip", "rows": rows, "notes": notes, "cpu": caps.as_dict(), "auto": auto}
-    print(_table(result))
-    return result
+    return notes
 
 
 def _encode_image(backbone, images: torch.Tensor) -> None:

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -53,33 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adray.backbones.weights import WeightsUnavailableError
-    from adray.detectors.winclip import create_winclip
     from adray.errors import UserError
 
     images = list(_image_files(args.paths))
     references = list(_image_files(args.reference))
     if not images:
         raise UserError(f"no images found under {args.paths}")
-    reference_arrays = []
-    for path in references:
-        try:
-            reference_arrays.append(_read(path))
-        except Exception as e:  # any decode failure of a file the user named is theirs to fix
-            raise UserError(f"cannot read reference image {path}: {_why(e)}") from None
-    try:
-        detector = create_winclip(
-            class_name=args.class_name,
-            weights=args.weights,
-            model_name=args.model,
-            pretrained_tag=args.pretrained_tag,
-            device=args.device,
-            precision=args.precision,
-            defect_types=args.defect_type,
-            reference_images=reference_arrays or None,
-        )
-    except (WeightsUnavailableError, ValueError) as e:
-        raise UserError(str(e)) from None
+    detector = _build_detector(args, references)
     names = map_names(images, args.paths) if args.masks else {}
     index = None
     if args.masks:
@@ -97,24 +78,8 @@ def run(args: argparse.Namespace) -> int:
     unreadable: list[str] = []
     try:
         for start in range(0, len(images), args.batch_size):
-            chunk, arrays, inputs = [], [], []
-            for path in images[start : start + args.batch_size]:
-                try:
-                    array = _read(path)
-                    inputs.append(detector.preprocess({"image": array})["image"])
-                except Exception as e:  # one unreadable image must not stop the others
-                    print(f"adray winclip: error: cannot read {path}: {_why(e)}", file=sys.stderr)
-                    unreadable.append(path)
-                    continue
-                chunk.append(path)
-                arrays.append(array)
-            if not chunk:
-                continue
-            scores, maps = detector.score({"image": np.stack(inputs)}).numpy()
-            for path, array, score, amap in zip(chunk, arrays, scores, maps):
-                print(f"{path}\t{score:.6f}", flush=True)
-                if args.masks:
-                    _write_map(args.masks, names[path], path, amap, array.shape[:2], index)
+            batch = images[start : start + args.batch_size]
+            unreadable += _score_paths(detector, batch, args.masks, names, index)
     finally:
         if index is not None:
             index.close()
@@ -128,6 +93,61 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     return 0
+
+
+def _build_detector(args: argparse.Namespace, references: list[str]) -> Any:
+    """The WinCLIP detector the flags ask for, with the reference images read (few-shot) or none
+    (zero-shot). Raises ``UserError`` for an unreadable reference image, unavailable weights or a bad
+    option."""
+    from adray.backbones.weights import WeightsUnavailableError
+    from adray.detectors.winclip import create_winclip
+    from adray.errors import UserError
+
+    reference_arrays = []
+    for path in references:
+        try:
+            reference_arrays.append(_read(path))
+        except Exception as e:  # any decode failure of a file the user named is theirs to fix
+            raise UserError(f"cannot read reference image {path}: {_why(e)}") from None
+    try:
+        return create_winclip(
+            class_name=args.class_name,
+            weights=args.weights,
+            model_name=args.model,
+            pretrained_tag=args.pretrained_tag,
+            device=args.device,
+            precision=args.precision,
+            defect_types=args.defect_type,
+            reference_images=reference_arrays or None,
+        )
+    except (WeightsUnavailableError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _score_paths(
+    detector: Any, paths: list[str], masks: str | None, names: dict[str, str], index
+) -> list[str]:
+    """Score one batch of image files: print ``path<TAB>score`` per image, write its map under ``masks``
+    (when given); returns the paths that could not be read (each named on stderr, the others scored)."""
+    chunk, arrays, inputs, unreadable = [], [], [], []
+    for path in paths:
+        try:
+            array = _read(path)
+            inputs.append(detector.preprocess({"image": array})["image"])
+        except Exception as e:  # one unreadable image must not stop the others
+            print(f"adray winclip: error: cannot read {path}: {_why(e)}", file=sys.stderr)
+            unreadable.append(path)
+            continue
+        chunk.append(path)
+        arrays.append(array)
+    if not chunk:
+        return unreadable
+    scores, maps = detector.score({"image": np.stack(inputs)}).numpy()
+    for path, array, score, amap in zip(chunk, arrays, scores, maps):
+        print(f"{path}\t{score:.6f}", flush=True)
+        if masks:
+            _write_map(masks, names[path], path, amap, array.shape[:2], index)
+    return unreadable
 
 
 def map_names(images: list[str], roots: list[str]) -> dict[str, str]:
