@@ -16,6 +16,8 @@ Also produced for the report: ROC and PRO curves (thinned), score histograms of 
 thresholds at target false-positive rates with the recall and precision they give, and the worst misses:
 anomalous items that most normal items outrank (false negatives) and normal items that outrank most
 anomalous ones (false positives). Ranks are within a category, so they compare across categories.
+For ``--detector auto`` runs, ``strategies``: each category's ladder rung, why, and the rungs compared
+(:mod:`adray.evaluation.strategies`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from adray.evaluation.join import (
     load_results,
 )
 from adray.evaluation.published import DATASET_NAMES, default_setting, published_for, recognise_dataset
+from adray.evaluation.strategies import load_strategy_results, strategy_section
 from adray.io.images import resize_mask
 from adray.io.masks import decode_map_png16, read_ground_truth_mask, resize_map
 from adray.labels import latest_labels
@@ -71,7 +74,7 @@ def evaluate(
             + "; score first (jobs/score.py) and check that runs/<run_id>.json exists"
         )
     manifest = load_manifest(input_uri)
-    exclusions = collect_fit_exclusions(artifacts, records)
+    exclusions = collect_fit_exclusions(artifacts, records, registry_root=results_root)
     labels = latest_labels(results_root).to_pandas()  # ground truth for items the manifest has none for
     frame, report = join_ground_truth(results, manifest, exclusions, labels)
     if dataset == "auto":
@@ -85,6 +88,12 @@ def evaluate(
         fit_exclusions={"n_items": len(exclusions.item_ids), "sources": exclusions.by_source},
         labels={"n_items": len(labels), "used": report.from_labels},
     )
+    by_strategy = load_strategy_results(results_root, run_ids=run_ids, detectors=detectors)
+    if len(by_strategy):  # --detector auto runs: each category's rung, why, and the rungs compared
+        joined, _ = join_ground_truth(by_strategy, manifest, exclusions, labels)
+        doc["strategies"] = strategy_section(
+            by_strategy, joined, results_root, lambda rows: _evaluate_category(rows, config, {})
+        )
     return doc
 
 

@@ -11,8 +11,10 @@
   ``anomaly_item_ids``, WinCLIP+ ``reference_item_ids``, M3DM ``bank_item_ids`` / ``dlf_item_ids``), from
   ``--artifact`` URIs and from the artifacts a run record names (its ``config.detectors`` URIs, or an
   ``artifact`` in a ``detectors`` entry); any ``*_item_ids`` key inside a run record; the WinCLIP+ k-shot
-  ``references`` ({category: [item ids]}) of runs with ``config.shots > 0``; and every ``split == "train"``
-  item. The union is left out for every detector, so detectors are compared on the same items. An
+  ``references`` ({category: [item ids]}) of runs with ``config.shots > 0``; for ``--detector auto`` runs
+  (run record ``auto``: per category its strategy, detector and why) the artifacts the categories resolved
+  to, the item ids the model registry records for them (BGAD's training normals, labelled ones included),
+  and the run's WinCLIP+ references; and every ``split == "train"`` item. The union is left out for every detector, so detectors are compared on the same items. An
   ``--artifact`` that cannot be read is an error (its fit items would silently count); an artifact a run
   record names is skipped with a warning.
 """
@@ -27,7 +29,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from adray import catalog
+from adray import catalog, storage
 from adray.detectors.base import read_artifact_config
 from adray.pipeline.query import connect
 from adray.pipeline.results_store import ResultsStore
@@ -112,10 +114,15 @@ def load_manifest(input_uri: str) -> pd.DataFrame:
 
 
 def collect_fit_exclusions(
-    artifact_uris: Iterable[str] = (), run_records: Iterable[Mapping[str, Any]] = ()
+    artifact_uris: Iterable[str] = (),
+    run_records: Iterable[Mapping[str, Any]] = (),
+    registry_root: str | None = None,
 ) -> FitExclusions:
-    """Item ids used to fit detectors, from artifacts and run records (see the module docstring)."""
+    """Item ids used to fit detectors, from artifacts and run records (see the module docstring);
+    ``registry_root``: the results root whose model registry gives the item ids of the artifacts that
+    ``--detector auto`` runs resolved to (training normals included)."""
     out = FitExclusions()
+    auto_uris: set[str] = set()
     seen: set[str] = set()
 
     def from_artifact(uri: str, *, given: bool = False) -> None:
@@ -159,6 +166,17 @@ def collect_fit_exclusions(
         for ref in config.get("detectors") or []:  # the run's --detector values: names or artifact URIs
             if isinstance(ref, str) and _looks_like_uri(ref):
                 from_artifact(ref)
+        auto = record.get("auto")
+        if isinstance(auto, Mapping):  # --detector auto: what each category resolved to
+            if isinstance(refs, Mapping):
+                out.add(f"{run}:references", _strings(refs))  # its k-shot categories' WinCLIP+ references
+            for entry in auto.values():
+                ref = entry.get("detector") if isinstance(entry, Mapping) else None
+                if isinstance(ref, str) and _looks_like_uri(ref):
+                    auto_uris.add(ref)
+                    from_artifact(ref)
+    if registry_root and auto_uris:
+        _from_registry(out, registry_root, auto_uris)
     return out
 
 
@@ -236,6 +254,16 @@ def _collect(out: FitExclusions, node: Any, source: str, path: str = "") -> None
     elif isinstance(node, list):
         for value in node:
             _collect(out, value, source, path)
+
+
+def _from_registry(out: FitExclusions, root: str, uris: set[str]) -> None:
+    """The item ids each registered model at one of ``uris`` was fitted on (BGAD's training normals are
+    recorded there, not in its artifact)."""
+    from adray.strategy.registry import list_models
+
+    for model in list_models(root, check=False):
+        if model.uri in uris or storage.redact_url(model.uri) in uris:
+            out.add(f"registry {storage.redact_url(model.uri)}:item_ids", model.item_ids)
 
 
 def _looks_like_uri(ref: str) -> bool:

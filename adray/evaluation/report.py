@@ -1,9 +1,11 @@
 """The evaluation report: ``metrics.json`` and one self-contained ``report.html`` (inline SVG, data: URIs).
 
 The HTML has no scripts and no external references, so it opens offline and can be mailed or archived as one
-file. Sections: summary (means beside published numbers), then per detector the per-category table, ROC
-and PRO curves, score histograms, suggested thresholds at target false-positive rates, and the worst false
-negatives / false positives with their anomaly maps over the image (ground truth outlined in green).
+file. Sections: summary (means beside published numbers); the strategy ladder of ``--detector auto`` runs
+(each category's rung and why, and the rungs compared where a category has results of more than one);
+then per detector the per-category table, ROC and PRO curves, score histograms, suggested thresholds at
+target false-positive rates, and the worst false negatives / false positives with their anomaly maps over
+the image (ground truth outlined in green).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def render_html(doc: dict[str, Any]) -> str:
     """The whole report as one HTML string."""
     dets = doc.get("detectors", {})
     body = [f"<h1>adray evaluation{_dataset_suffix(doc)}</h1>", _overview(doc), _summary_table(doc)]
+    body.append(_strategy_section(doc.get("strategies")))
     for name, det in dets.items():
         body.append(_detector_section(name, det, doc))
     return (
@@ -128,6 +131,56 @@ def _summary_table(doc: dict[str, Any]) -> str:
             "verified against the paper's table. They are a reference point, not a target for other data.</p>"
         )
     return f"<h2>Summary (mean over categories)</h2><table><tr><th>detector</th>{head}</tr>{''.join(rows)}</table>{note}"
+
+
+def _strategy_section(section: dict[str, Any] | None) -> str:
+    """Per category the ladder rung it was scored on (``--detector auto``), why, the latest plan's view,
+    and per category with results of more than one rung a table comparing them."""
+    if not section or not section.get("categories"):
+        return ""
+    esc = lambda v: html.escape(str(v)) if v is not None else "–"  # noqa: E731
+    rows, compared = [], []
+    for cat, c in section["categories"].items():
+        p = c.get("planned") or {}
+        plan = (
+            f"{esc(p.get('strategy'))}; next: {esc(p.get('next_step') or 'top of the ladder')}" if p else "–"
+        )
+        rows.append(
+            f"<tr><td>{esc(cat)}</td><td>{esc(c['strategy'])}</td><td>{esc(c['detector'])}</td>"
+            f"<td>{esc(c['run_id'])}</td><td>{esc(c.get('why'))}</td><td>{plan}</td>"
+            f"<td>{esc(' → '.join(c.get('history', [])))}</td></tr>"
+        )
+        if c.get("comparison"):
+            compared.append(_strategy_comparison(cat, c["comparison"]))
+    plan_note = (
+        f" Latest plan: {esc(section['plan'])}." if section.get("plan") else " No plan under the root."
+    )
+    return (
+        "<h2>Strategies (--detector auto)</h2><p class='note'>The rung each category was last scored on and "
+        f"why (from its run record, else the plan).{plan_note}</p>"
+        "<table><tr><th>category</th><th>strategy</th><th>detector</th><th>run</th><th>why</th>"
+        f"<th>plan now</th><th>strategies scored</th></tr>{''.join(rows)}</table>" + "".join(compared)
+    )
+
+
+def _strategy_comparison(cat: str, comparison: dict[str, Any]) -> str:
+    head = "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in METRIC_LABELS)
+    rows = []
+    for strategy, r in comparison.items():
+        cells = "".join(_cell(r.get(m), None) for m in METRIC_LABELS)
+        rows.append(
+            f"<tr><td>{html.escape(strategy)}</td><td>{html.escape(', '.join(r.get('detectors', [])))}</td>"
+            f"<td>{html.escape(', '.join(r.get('runs', [])))}</td><td>{r.get('n_normal', 0)}/"
+            f"{r.get('n_anomalous', 0)}</td>{cells}</tr>"
+        )
+    notes = [
+        f"{html.escape(s)}: {html.escape(n)}" for s, r in comparison.items() for n in r.get("notes") or []
+    ]
+    return (
+        f"<h3>{html.escape(cat)}: strategies compared</h3><table><tr><th>strategy</th><th>detector</th>"
+        f"<th>runs</th><th>normal/anom.</th>{head}</tr>{''.join(rows)}</table>"
+        + (f"<p class='note'>{'<br>'.join(notes)}</p>" if notes else "")
+    )
 
 
 def _detector_section(name: str, det: dict[str, Any], doc: dict[str, Any]) -> str:

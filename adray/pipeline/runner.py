@@ -84,6 +84,10 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
             dtype=bool,
         )
         work = items.filter(pa.array(applies))
+        # --detector auto: items of categories handed to another detector are not this one's "not applicable"
+        mine = np.ones(len(applies), bool)
+        if spec.only_categories:
+            mine = np.isin(np.asarray(items["category"].to_pylist(), object), list(spec.only_categories))
         versions = {c: detectors.version(c) for c in sorted(set(work["category"].to_pylist()))}
         work = work.append_column(
             "detector_version", pa.array([versions[c] for c in work["category"].to_pylist()], pa.string())
@@ -98,7 +102,7 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
             name=detectors.name,
             versions=sorted(set(versions.values())),
             rows_in=work.num_rows,
-            not_applicable=int((~applies).sum()),
+            not_applicable=int((mine & ~applies).sum()),
             skipped_delta=n_delta - work.num_rows,
         )
         todo = _minus(work, already)

@@ -21,7 +21,7 @@ class DetectorCounts:
     errors: int = 0
     anomalous: int = 0
     undecided: int = 0  # ok rows without a decision (no threshold): the summary says n/a, never 0
-    not_applicable: int = 0
+    not_applicable: int = 0  # items of its own categories it cannot score (not those auto gave others)
     skipped_delta: int = 0  # already scored by committed runs with the same content (re-inspection)
     resumed: int = 0  # already written by this run id before (re-run or resume)
     scored_now: int = 0  # rows produced by this invocation

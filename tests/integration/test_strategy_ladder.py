@@ -5,6 +5,7 @@ re-scores only that category; a registered artifact that no longer exists makes 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow as pa
@@ -14,6 +15,7 @@ import pytest
 
 from adray import catalog
 from adray.cli import run_command
+from adray.evaluation import EvalConfig, evaluate
 from adray.strategy.registry import list_models
 from adray.synthetic import generate_mvtec_3d, generate_mvtec_ad
 
@@ -36,10 +38,13 @@ def archive(tmp_path_factory) -> str:
     """carpet: test images only, unlabelled (zero-shot); nut: train normals, unlabelled test images
     (k-shot); bottle: normals + 12 test anomalies with masks (BGAD); cookie: point clouds (M3DM)."""
     base = tmp_path_factory.mktemp("ladder")
-    generate_mvtec_ad(str(base / "2d"), categories=("carpet", "nut", "bottle"), image_size=64,
-                      n_train=6, n_test_good=2, n_test_per_defect=3, seed=0)  # fmt: skip
-    generate_mvtec_3d(str(base / "3d"), categories=("cookie",), image_size=32, n_train=6, n_validation=3,
-                      n_test_good=2, n_test_per_defect=1, defects=("dent", "bump"), seed=0)  # fmt: skip
+    generate_mvtec_ad(str(base / "2d"), categories=("carpet", "nut"), image_size=32, n_train=2,
+                      n_test_good=2, n_test_per_defect=1, seed=0)  # fmt: skip
+    # bottle: 4 defect types x 3 = 12 anomalies with masks (BGAD needs 10)
+    generate_mvtec_ad(str(base / "2d"), categories=("bottle",), image_size=32, n_train=3, n_test_good=1,
+                      n_test_per_defect=3, seed=1)  # fmt: skip
+    generate_mvtec_3d(str(base / "3d"), categories=("cookie",), image_size=32, n_train=3, n_validation=2,
+                      n_test_good=1, n_test_per_defect=1, defects=("dent",), seed=0)  # fmt: skip
     t2 = catalog.build_manifest(str(base / "2d"))[0]
     t3 = catalog.build_manifest(str(base / "3d"))[0]
     table = pa.concat_tables(
@@ -92,6 +97,8 @@ def test_the_ladder_end_to_end(ray_session, archive, tmp_path, capsys):
     assert got == {("carpet", "winclip", "zero-shot"), ("nut", "winclip", "k-shot"),
                    ("bottle", "bgad", "supervised"), ("cookie", "m3dm", "multimodal")}  # fmt: skip
     assert all(r["status"] == "ok" for r in rows)
+    first = json.loads((tmp_path / "root" / "runs" / "first.json").read_text())
+    assert first["counts"]["not_applicable"] == 0  # categories handed to other detectors are not counted
 
     # labels for two of carpet's test images (normal) move it up to k-shot
     ids = sorted(r["item_id"] for r in catalog.read_manifest(archive).to_pylist()
@@ -112,3 +119,14 @@ def test_the_ladder_end_to_end(ray_session, archive, tmp_path, capsys):
     assert run_command("score", third) == 0
     third_rows = [r for r in _rows(root).to_pylist() if r["run_id"] == "third"]
     assert third_rows and {(r["detector"], r["strategy"]) for r in third_rows} == {("winclip", "k-shot")}
+
+    # the evaluation says each category's rung and why, and finds BGAD's fit items through the registry
+    # (the run records name only "auto"; the artifact itself is gone by now)
+    doc = evaluate(root, archive, config=EvalConfig(pixel_size=0))
+    cats = doc["strategies"]["categories"]
+    assert cats["carpet"]["history"] == ["zero-shot", "k-shot"] and "WinCLIP+" in cats["carpet"]["why"]
+    assert cats["bottle"]["history"] == ["supervised", "k-shot"] and set(cats["bottle"]["comparison"]) == {
+        "supervised", "k-shot"}  # fmt: skip
+    assert cats["cookie"]["strategy"] == "multimodal" and cats["nut"]["planned"]["strategy"] == "k-shot"
+    assert any(k.startswith("registry ") for k in doc["fit_exclusions"]["sources"])
+    assert doc["join"]["excluded_fit"]["bgad"] >= 12  # its anomalies with masks never count
