@@ -104,43 +104,25 @@ def fit_bgad(
     ``<parent of output>/checkpoints``). ``fail_after_epoch`` raises after that meta-epoch's checkpoint
     (tests of resume only).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from adray.detectors.base import read_artifact_config
-    from adray.train.common import checkpoint_storage, default_checkpoint_root
+    from adray.train.common import default_checkpoint_root
 
     t0 = time.perf_counter()
     rows = load_rows(train_uri, model_cfg.category)
     plan = plan_fit(rows, model_cfg.category, train_cfg)  # validate on the driver, before starting workers
     run_name = run_name or default_run_name(model_cfg.category, output_uri, model_cfg, train_cfg)
-    storage_path, fs = checkpoint_storage(checkpoint_root or default_checkpoint_root(output_uri))
-    use_gpu = gpus_per_worker > 0
-    resources: dict[str, float] = {"CPU": float(cpus_per_worker)}
-    if use_gpu:
-        resources["GPU"] = float(gpus_per_worker)
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={
-            "model": model_cfg.to_dict(),
-            "train": train_cfg.to_dict(),
-            "plan": _plan_doc(plan),
-            "output": output_uri,
-            "run_name": run_name,
-            "cpus_per_worker": cpus_per_worker,
-            "use_gpu": use_gpu,
-            "fail_after_epoch": fail_after_epoch,
-        },
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=0),
-        ),
-    )
+    loop_config = {
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "plan": _plan_doc(plan),
+        "output": output_uri,
+        "run_name": run_name,
+        "cpus_per_worker": cpus_per_worker,
+        "use_gpu": gpus_per_worker > 0,
+        "fail_after_epoch": fail_after_epoch,
+    }
+    root = checkpoint_root or default_checkpoint_root(output_uri)
+    trainer = _trainer(loop_config, workers, gpus_per_worker, root)
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     doc = read_artifact_config(output_uri)
@@ -158,6 +140,34 @@ def fit_bgad(
     )
 
 
+def _trainer(loop_config: dict[str, Any], workers: int, gpus_per_worker: float, checkpoint_root: str) -> Any:
+    """The ``TorchTrainer`` of one fit: ``workers`` workers with ``loop_config``'s CPUs (and GPUs), DDP over
+    gloo (NCCL on GPU), two checkpoints kept under ``<checkpoint root>/<run_name>``, no automatic retry."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from adray.train.common import checkpoint_storage
+
+    storage_path, fs = checkpoint_storage(checkpoint_root)
+    use_gpu = loop_config["use_gpu"]
+    resources: dict[str, float] = {"CPU": float(loop_config["cpus_per_worker"])}
+    if use_gpu:
+        resources["GPU"] = float(gpus_per_worker)
+    return TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=loop_config["run_name"],
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+
+
 def _plan_doc(plan: FitPlan) -> dict[str, Any]:
     return {
         "category": plan.category,
@@ -171,37 +181,15 @@ def _plan_doc(plan: FitPlan) -> dict[str, Any]:
 def _train_loop(config: dict[str, Any]) -> None:
     """Per-worker loop (runs inside Ray Train workers, or in-process in local mode)."""
     import ray.train
-    import ray.train.torch
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from adray.detectors.bgad.parallel import RankGroup
-    from adray.detectors.bgad.session import FitSession
     from adray.train import common
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(common.worker_threads(config["cpus_per_worker"]))
-    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
-    model_cfg = BgadConfig.from_dict(config["model"])
-    train_cfg = BgadTrainConfig.from_dict(config["train"])
-    plan = FitPlan(**config["plan"])
-    group = RankGroup(
-        rank,
-        world,
-        gather=common.all_gather_uneven,
-        gather_list=_all_gather_list,
-        reduce_max=common.all_reduce_max,
-        reduce_sum=common.all_reduce_sum,
-    )
-    session = FitSession(
-        model_cfg, train_cfg, plan, owns=common.owner_filter(rank, world), device=device, group=group
-    )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            session.load_state(*_read_state(d))
-        log.info("rank %d resumed at meta-epoch %d", rank, session.start_meta_epoch)
+    session, group, device = _worker_session(config, rank, world)
+    train_cfg = session.train_cfg
     flows = list(session.model.flows)
     if common.distributed():
         ids = [device.index] if device.type == "cuda" else None
@@ -215,12 +203,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         metrics["patches_per_s_total"] = float(
             common.all_reduce_sum(torch.tensor([metrics["patches_per_s"]]))[0]
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                _write_state(tmp, *session.state(meta_epoch + 1))
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+        _report(session, metrics, rank, meta_epoch)
         if config.get("fail_after_epoch") is not None and meta_epoch == int(config["fail_after_epoch"]):
             # report() hands the checkpoint to the controller asynchronously: failing at once could beat its
             # commit, and the resumed run would start from scratch (seen as a flaky resume test)
@@ -244,6 +227,55 @@ def _train_loop(config: dict[str, Any]) -> None:
             },
         )
         detector.save(config["output"])
+
+
+def _worker_session(config: dict[str, Any], rank: int, world: int) -> tuple[Any, Any, Any]:
+    """``(FitSession, RankGroup, device)`` of this worker: threads set, its shard of the plan, collectives
+    wired, and the last checkpoint's state loaded where Ray Train resumes a run."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from adray.detectors.bgad.parallel import RankGroup
+    from adray.detectors.bgad.session import FitSession
+    from adray.train import common
+
+    torch.set_num_threads(common.worker_threads(config["cpus_per_worker"]))
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    group = RankGroup(
+        rank,
+        world,
+        gather=common.all_gather_uneven,
+        gather_list=_all_gather_list,
+        reduce_max=common.all_reduce_max,
+        reduce_sum=common.all_reduce_sum,
+    )
+    session = FitSession(
+        BgadConfig.from_dict(config["model"]),
+        BgadTrainConfig.from_dict(config["train"]),
+        FitPlan(**config["plan"]),
+        owns=common.owner_filter(rank, world),
+        device=device,
+        group=group,
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            session.load_state(*_read_state(d))
+        log.info("rank %d resumed at meta-epoch %d", rank, session.start_meta_epoch)
+    return session, group, device
+
+
+def _report(session: Any, metrics: dict[str, Any], rank: int, meta_epoch: int) -> None:
+    """``ray.train.report`` one meta-epoch's metrics; rank 0 attaches the checkpoint (flows + Adam state)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            _write_state(tmp, *session.state(meta_epoch + 1))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
 
 
 def _all_gather_list(values: list[Any]) -> list[Any]:

@@ -279,8 +279,8 @@ def build_m3dm(
     ``target_fpr`` / ``target_pixel_fpr``: :func:`adray.detectors.m3dm.build.heldout_decision`."""
     import torch
 
-    from adray.detectors.m3dm.build import build_detector
     from adray.detectors.m3dm.features import FeatureExtractor
+    from adray.detectors.m3dm.fit import build_detector
     from adray.train.common import default_checkpoint_root
 
     t0 = time.perf_counter()
@@ -292,10 +292,7 @@ def build_m3dm(
     timings: dict[str, float] = {}
     feats, skipped = extract_features(bank_rows + held_rows, config, workers, batch_size, gpus_per_worker)
     timings["features_s"] = time.perf_counter() - t0
-    ok_rows = [r for r in bank_rows + held_rows if r["item_id"] not in {s["item_id"] for s in skipped}]
-    n_bank = sum(1 for r in ok_rows if r in bank_rows)
-    bank_feats = {k: v[:n_bank] for k, v in feats.items()}
-    held_feats = {k: v[n_bank:] for k, v in feats.items()}
+    ok_rows, n_bank, bank_feats, held_feats = _split_features(bank_rows, held_rows, feats, skipped)
     fusion, losses = None, []
     if config.uses_fusion:
         t1 = time.perf_counter()
@@ -325,3 +322,18 @@ def build_m3dm(
     return BuildSummary(
         output_uri, det.version, config.mode, n_bank, len(ok_rows) - n_bank, skipped, timings, losses
     )
+
+
+def _split_features(
+    bank_rows: list[dict[str, Any]],
+    held_rows: list[dict[str, Any]],
+    feats: dict[str, np.ndarray],
+    skipped: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(rows read, n bank rows, bank features, held-out features)``: the features, in row order without the
+    skipped items, cut where the memory-bank rows end and the held-out rows begin."""
+    ok_rows = [r for r in bank_rows + held_rows if r["item_id"] not in {s["item_id"] for s in skipped}]
+    n_bank = sum(1 for r in ok_rows if r in bank_rows)
+    bank_feats = {k: v[:n_bank] for k, v in feats.items()}
+    held_feats = {k: v[n_bank:] for k, v in feats.items()}
+    return ok_rows, n_bank, bank_feats, held_feats
