@@ -3,8 +3,9 @@
 from adray.detectors.base import register_detector, register_factory, register_preprocessor
 from adray.detectors.registry import register_header
 from adray.detectors.winclip.artifact import save_winclip
+from adray.detectors.winclip.config import WinClipConfig
+from adray.detectors.winclip.detector import WinClip, WinClipDetector
 from adray.detectors.winclip.factory import create_winclip, load_winclip
-from adray.detectors.winclip.model import WinClip, WinClipConfig
 from adray.detectors.winclip.preprocessing import (
     winclip_legacy_header,
     winclip_preprocessor,
@@ -13,7 +14,7 @@ from adray.detectors.winclip.preprocessing import (
 from adray.detectors.winclip.prompts import build_prompts, clean_class_name
 from adray.detectors.winclip.windows import harmonic_aggregation, window_indices
 
-register_detector("winclip")(WinClip)
+register_detector("winclip")(WinClipDetector)
 register_factory("winclip", create_winclip)
 register_preprocessor("winclip", winclip_preprocessor)
 register_header("winclip", winclip_preprocessor_from, legacy=winclip_legacy_header)
@@ -21,6 +22,7 @@ register_header("winclip", winclip_preprocessor_from, legacy=winclip_legacy_head
 __all__ = [
     "WinClip",
     "WinClipConfig",
+    "WinClipDetector",
     "build_prompts",
     "clean_class_name",
     "create_winclip",

@@ -1,4 +1,4 @@
-"""WinCLIP's artifact: writing it and reading it back (the detector is built in ``model.py``).
+"""WinCLIP's artifact: writing it and reading it back (the detector class is in ``detector.py``).
 
 The artifact holds what WinCLIP derives, not the CLIP weights: ``weights.safetensors`` has the text
 embeddings and the WinCLIP+ reference memories (``patch``, ``window_<k>``; format 1.0 named them
@@ -27,7 +27,7 @@ LEGACY_RULE = VersionRule(UNVERSIONED, drop_prefix="memory.")
 TEXT_KEY = "text_embeddings"
 
 if TYPE_CHECKING:
-    from adray.detectors.winclip.model import WinClip
+    from adray.detectors.winclip.detector import WinClipDetector as WinClip
 
 
 def save_winclip(detector: WinClip, uri: str) -> None:

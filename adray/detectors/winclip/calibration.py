@@ -36,7 +36,7 @@ from adray.detectors.thresholds import (
 )
 
 if TYPE_CHECKING:
-    from adray.detectors.winclip.model import WinClip
+    from adray.detectors.winclip.detector import WinClipDetector as WinClip
 
 #: the ``method`` of :func:`adray.detectors.thresholds.source_name`: ``reference_loo_fpr_<rate>``
 METHOD = "reference_loo"

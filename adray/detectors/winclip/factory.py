@@ -8,7 +8,8 @@ import numpy as np
 
 from adray.backbones.open_clip import DEFAULT_MODEL, load_clip
 from adray.detectors.thresholds import DEFAULT_TARGET_FPR, DEFAULT_TARGET_PIXEL_FPR
-from adray.detectors.winclip.model import WinClip, WinClipConfig
+from adray.detectors.winclip.config import WinClipConfig
+from adray.detectors.winclip.detector import WinClipDetector
 
 
 def create_winclip(
@@ -26,7 +27,7 @@ def create_winclip(
     max_tokens: int = 32768,
     target_fpr: float = DEFAULT_TARGET_FPR,
     target_pixel_fpr: float = DEFAULT_TARGET_PIXEL_FPR,
-) -> WinClip:
+) -> WinClipDetector:
     """A WinCLIP detector for one category (the registry factory ``create_detector("winclip", ...)``).
 
     ``reference_images`` (uint8 ``[H, W, 3]`` normal images) make it WinCLIP+ (k-shot), its thresholds
@@ -46,12 +47,12 @@ def create_winclip(
         target_fpr=target_fpr,
         target_pixel_fpr=target_pixel_fpr,
     )
-    detector = WinClip(backbone, config)
+    detector = WinClipDetector(backbone, config)
     if reference_images:
         detector.set_reference_images(reference_images)
     return detector
 
 
-def load_winclip(uri: str, device: str | None = None, precision: str = "auto") -> WinClip:
-    """The WinCLIP detector saved at ``uri`` (:meth:`WinClip.load`); raises what it raises."""
-    return WinClip.load(uri, device, precision)
+def load_winclip(uri: str, device: str | None = None, precision: str = "auto") -> WinClipDetector:
+    """The WinCLIP detector saved at ``uri`` (:meth:`WinClipDetector.load`); raises what it raises."""
+    return WinClipDetector.load(uri, device, precision)
