@@ -10,7 +10,7 @@ coreset banks and decision-layer fusion on the driver, artifact to storage.
 3. UFF (rgb+xyz with fusion): ``TorchTrainer`` DDP (gloo on CPU, NCCL on GPU); every worker reads the
    unsplit feature dataset and keeps the items it owns (``shard_of(item_id)``), so shards are disjoint
    and complete; ``workers=0`` runs Ray Train's local mode in-process.
-4. Banks, coreset, DLF and threshold: :func:`adray.detectors.m3dm.build.build_detector` on the driver.
+4. Banks, coreset, DLF and threshold: :func:`adray.detectors.m3dm.fit.build_detector` on the driver.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def build_m3dm(
     target_pixel_fpr: float = 0.01,
 ) -> BuildSummary:
     """The whole build: items -> Ray features -> (UFF on Ray Train) -> banks + DLF -> decision -> artifact.
-    ``target_fpr`` / ``target_pixel_fpr``: :func:`adray.detectors.m3dm.build.heldout_decision`."""
+    ``target_fpr`` / ``target_pixel_fpr``: :func:`adray.detectors.m3dm.fit.heldout_decision`."""
     import torch
 
     from adray.detectors.m3dm.features import FeatureExtractor

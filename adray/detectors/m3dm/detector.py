@@ -88,7 +88,7 @@ class M3DMDetector:
     @property
     def decision(self) -> Decision:
         """Image and pixel thresholds and their source as the build recorded them in
-        ``metadata["decision"]`` (:func:`adray.detectors.m3dm.build.heldout_decision`); ``legacy`` (no
+        ``metadata["decision"]`` (:func:`adray.detectors.m3dm.fit.heldout_decision`); ``legacy`` (no
         pixel threshold) for artifacts built before decisions."""
         return Decision.from_dict(self.metadata.get("decision"), legacy_threshold=self._threshold)
 
