@@ -33,7 +33,6 @@ import argparse
 import os
 import shutil
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -165,8 +164,7 @@ def _pipeline_pair(
     DataContext.get_current().enable_progress_bars = False
     # Warm-up (untimed): Ray starts worker processes and imports torch/open_clip once per process; a
     # long-running cluster has paid that already, so neither measured run should.
-    warm = replace(
-        measured,
+    warm = measured.replace(
         output=os.path.join(work, f"out-warmup-{rep}"),
         limit=min(args.n, args.batch_size),
         actors=1,
@@ -177,7 +175,7 @@ def _pipeline_pair(
     for n, manifest in manifests:
         _wait_for_scoring_actors_to_exit()  # the last run's actor frees its model while exiting
         out = os.path.join(work, f"out-{rep}-{n}")
-        cfg = replace(measured, input=manifest, output=out, run_id=f"bench-{rep}-{n}")
+        cfg = measured.replace(input=manifest, output=out, run_id=f"bench-{rep}-{n}")
         with _PeakRss() as peak:
             t0 = time.perf_counter()
             summary = score_archive(cfg)
