@@ -113,6 +113,31 @@ def load_manifest(input_uri: str) -> pd.DataFrame:
     return table.select(cols).to_pandas()
 
 
+def _winclip_artifact_shots(doc: Mapping[str, Any]) -> int | None:
+    """The k-shot of a WinCLIP artifact's config document (its config, else its metadata, else counted
+    from its reference items); None for other detectors or when it says none."""
+    if doc.get("detector") != "winclip":
+        return None
+    meta = doc.get("metadata") or {}
+    config = doc.get("config") or {}
+    shots = config.get("k_shot", meta.get("k_shot"))
+    if shots is None and isinstance(meta.get("reference_item_ids"), Mapping):
+        shots = _shots_per_category(meta["reference_item_ids"])
+    return None if shots is None else int(shots)
+
+
+def _run_artifact_refs(record: Mapping[str, Any]) -> list[str]:
+    """The artifact URIs a run record names: its detectors entries' artifacts, then those of its
+    ``--detector`` values (names or artifact URIs) that are URIs."""
+    refs: list[str] = []
+    for det in record.get("detectors") or []:
+        if isinstance(det, Mapping):
+            refs += [det[k] for k in ("artifact", "artifact_uri") if isinstance(det.get(k), str) and det[k]]
+    config = record.get("config") or {}
+    refs += [r for r in config.get("detectors") or [] if isinstance(r, str) and _looks_like_uri(r)]
+    return refs
+
+
 def collect_fit_exclusions(
     artifact_uris: Iterable[str] = (),
     run_records: Iterable[Mapping[str, Any]] = (),
@@ -140,13 +165,9 @@ def collect_fit_exclusions(
             return
         meta = doc.get("metadata") or {}
         _collect(out, meta, uri)
-        if doc.get("detector") == "winclip":
-            config = doc.get("config") or {}
-            shots = config.get("k_shot", meta.get("k_shot"))
-            if shots is None and isinstance(meta.get("reference_item_ids"), Mapping):
-                shots = _shots_per_category(meta["reference_item_ids"])
-            if shots is not None:
-                out.shots["winclip"] = int(shots)
+        shots = _winclip_artifact_shots(doc)
+        if shots is not None:
+            out.shots["winclip"] = shots
 
     for uri in artifact_uris:
         from_artifact(uri, given=True)
@@ -158,14 +179,8 @@ def collect_fit_exclusions(
         if isinstance(refs, Mapping) and int(config.get("shots") or 0) > 0:
             out.add(f"{run}:references", _strings(refs))  # WinCLIP+ k-shot reference items
             out.shots["winclip"] = int(config["shots"])
-        for det in record.get("detectors") or []:
-            if isinstance(det, Mapping):
-                for key in ("artifact", "artifact_uri"):
-                    if isinstance(det.get(key), str) and det[key]:
-                        from_artifact(det[key])
-        for ref in config.get("detectors") or []:  # the run's --detector values: names or artifact URIs
-            if isinstance(ref, str) and _looks_like_uri(ref):
-                from_artifact(ref)
+        for ref in _run_artifact_refs(record):
+            from_artifact(ref)
         auto = record.get("auto")
         if isinstance(auto, Mapping):  # --detector auto: what each category resolved to
             if isinstance(refs, Mapping):
