@@ -60,14 +60,7 @@ def build_dataset(job: DetectorPass | Sequence[DetectorPass], config: ScoreConfi
     actor_runtime = {"runtime_env": {"env_vars": env}} if env else {}
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={
-            **_decode_detectors(jobs),
-            "max_pixels": config.max_pixels,
-            "max_points": config.max_points,
-            "bit_depth": config.bit_depth,
-            "allow_prefixes": tuple(config.allow_prefixes),
-            "read_attempts": config.read_attempts,
-        },
+        fn_kwargs=_decode_kwargs(jobs, config),
         batch_size=config.decode_batch_size,
         batch_format="pyarrow",
         num_cpus=config.decode_cpus,
@@ -105,6 +98,18 @@ def build_dataset(job: DetectorPass | Sequence[DetectorPass], config: ScoreConfi
         num_cpus=0.5,
         udf_modifying_row_count=False,
     )
+
+
+def _decode_kwargs(jobs: list[DetectorPass], config: ScoreConfig) -> dict[str, Any]:
+    """The decode stage's keyword arguments: its detectors and the run's read and size limits."""
+    return {
+        **_decode_detectors(jobs),
+        "max_pixels": config.max_pixels,
+        "max_points": config.max_points,
+        "bit_depth": config.bit_depth,
+        "allow_prefixes": tuple(config.allow_prefixes),
+        "read_attempts": config.read_attempts,
+    }
 
 
 def _decode_detectors(jobs: list[DetectorPass]) -> dict[str, Any]:

@@ -94,11 +94,7 @@ def score_batch(detectors: DetectorSet | Sequence[DetectorSet], batch: pa.Table)
     map_h = [0] * n
     map_w = [0] * n
 
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i in range(n):
-        if status[i] == "ok":
-            groups.setdefault((passes[i], categories[i]), []).append(i)
-    for (k, category), rows in groups.items():
+    for (k, category), rows in _ok_groups(status, passes, categories).items():
         try:
             detector = sets[k].for_category(category)
             inputs = _stack([unpack_arrays(pre[i]) for i in rows])
@@ -122,8 +118,7 @@ def score_batch(detectors: DetectorSet | Sequence[DetectorSet], batch: pa.Table)
             latency[i] = per_item_ms
             map_bytes[i] = m.tobytes()
             map_h[i], map_w[i] = m.shape
-    out = batch.drop_columns(["pre", "status", "error"])
-    for name, values, typ in (
+    columns = (
         ("status", status, pa.string()),
         ("error", error, pa.string()),
         ("image_score", image_score, pa.float32()),
@@ -134,9 +129,26 @@ def score_batch(detectors: DetectorSet | Sequence[DetectorSet], batch: pa.Table)
         ("map", map_bytes, pa.binary()),
         ("map_h", map_h, pa.int32()),
         ("map_w", map_w, pa.int32()),
-    ):
-        out = out.append_column(name, pa.array(values, typ))
-    return out
+    )
+    return _append_columns(batch.drop_columns(["pre", "status", "error"]), columns)
+
+
+def _ok_groups(
+    status: list[str], passes: list[int], categories: list[str]
+) -> dict[tuple[int, str], list[int]]:
+    """Row indices of the ``ok`` rows per ``(pass_index, category)``, in row order: one score call each."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, (s, k, category) in enumerate(zip(status, passes, categories)):
+        if s == "ok":
+            groups.setdefault((k, category), []).append(i)
+    return groups
+
+
+def _append_columns(table: pa.Table, columns: Sequence[tuple[str, list[Any], pa.DataType]]) -> pa.Table:
+    """``table`` with each ``(name, values, arrow type)`` appended as a column, in order."""
+    for name, values, typ in columns:
+        table = table.append_column(name, pa.array(values, typ))
+    return table
 
 
 def _stack(samples: list[dict[str, np.ndarray]]) -> dict[str, Any]:
