@@ -117,3 +117,21 @@ def test_winclip_config_keeps_runtime_settings_mutable():
     assert cfg.scales == (2, 3) and cfg.temperature == 0.07
     cfg.max_tokens = 64  # tests and benchmarks bound the chunking of a built detector
     assert cfg.max_tokens == 64
+
+
+def test_fit_bgad_flags_are_generated_from_the_config_fields():
+    """fit-bgad's one-field flags take default, type and help from the BGAD config fields (the CLI contract
+    test pins them unchanged): no flags give exactly the configs' defaults."""
+    from adray.cli import build_parser
+    from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
+
+    parser = build_parser("adray fit-bgad", "fit-bgad")
+    args = parser.parse_args(["--train", "t", "--category", "bottle", "--output", "o"])
+    assert configs_from_flags(args) == (BgadConfig(category="bottle"), BgadTrainConfig())
+    actions = {a.dest: a for a in parser._actions}
+    field = BgadTrainConfig.model_fields["meta_epochs"]
+    assert (actions["epochs"].default, actions["epochs"].help) == (field.default, field.description)
+    got = configs_from_flags(
+        parser.parse_args([*"--train t --category c --output o".split(), "--lr", "1e-3"])
+    )
+    assert got[1].lr == 1e-3

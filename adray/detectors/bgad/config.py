@@ -7,11 +7,11 @@ Both are pydantic models (:class:`adray.config.Config`): a bad value raises a on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
-from adray.config import Config
+from adray.config import Config, Flag, Real
 from adray.detectors.bgad.losses import LossConfig
 
 
@@ -21,20 +21,33 @@ class BgadConfig(Config):
 
     category: str = ""
     # the paper's B6 is timm's old plain "tf_efficientnet_b6", now tag aa_in1k (bare B6 is ns_jft_in1k in timm>=0.9)
-    backbone: str = "tf_efficientnet_b6.aa_in1k"
+    backbone: Annotated[str, Flag("--backbone")] = Field(
+        "tf_efficientnet_b6.aa_in1k",
+        description="any timm model name, optionally name.tag; a bare name takes timm's default tag for it "
+        "(default %(default)s)",
+    )
     # for a bare backbone name; a tag in the name wins, a different one errs
-    pretrained_tag: str | None = None
-    weights: str = "pretrained"
+    pretrained_tag: Annotated[str | None, Flag("--pretrained-tag")] = Field(
+        None,
+        description="timm weight tag for a bare --backbone name (default: none, i.e. the tag in the name or "
+        "timm's default for a bare name); one that differs from a tag in the name is an error",
+    )
+    weights: Annotated[str, Flag("--weights")] = Field(
+        "pretrained", description="pretrained | random (tests) | PATH to a weights file"
+    )
     backbone_seed: int = 0  # only for weights="random"
     image_size: int = 256
     out_indices: tuple[int, ...] = (1, 2, 3)
     pos_dim: int = 128
-    n_blocks: int = 8
-    clamp: float = 1.9
-    hidden_ratio: float = 2.0
+    n_blocks: Annotated[int, Flag("--flow-blocks", dest="flow_blocks")] = Field(
+        8, description="AllInOneBlocks per flow"
+    )
+    clamp: Real = 1.9  # Real: an int stays an int in the versioned document
+    hidden_ratio: Real = 2.0
     permute_soft: bool = True
     flow_seed: int = 0
-    top_k: int = 1  # image score = mean of the top-k map pixels (1 = max, the official score)
+    # image score = mean of the top-k map pixels (1 = max, the official score)
+    top_k: Annotated[int, Flag("--top-k")] = Field(1, description="image score = mean of top-k map pixels")
     score_chunk: int = 65536  # patches per flow call at scoring time (memory bound, no effect on values)
 
     @classmethod
@@ -46,22 +59,53 @@ class BgadConfig(Config):
 class BgadTrainConfig(Config):
     """Training schedule, data strategy and calibration. ``num_anomalies=0`` is the unsupervised variant."""
 
-    meta_epochs: int = 25
-    sub_epochs: int = 8
-    ml_meta_epochs: int = 1  # step 1: maximum likelihood on normal patches only
+    meta_epochs: Annotated[int, Flag("--epochs", dest="epochs")] = Field(
+        25, description="meta-epochs (checkpoint after each)"
+    )
+    sub_epochs: Annotated[int, Flag("--sub-epochs")] = Field(
+        8, description="passes over the data per meta-epoch"
+    )
+    # step 1: maximum likelihood on normal patches only
+    ml_meta_epochs: Annotated[int, Flag("--ml-epochs", dest="ml_epochs")] = Field(
+        1, description="meta-epochs of step 1 (maximum likelihood on normals) before push-pull"
+    )
     warmup_meta_epochs: int = 2
-    lr: float = 2e-4
+    lr: Annotated[float, Flag("--lr")] = 2e-4
     lr_decay_rate: float = 0.1  # cosine floor = lr * rate**3
-    batch_size: int = 32  # images per step
-    chunk_size: int = 4096  # patches per optimiser step (the official N_batch)
-    num_anomalies: int = 10  # per category, balanced across defect types
+    batch_size: Annotated[int, Flag("--batch-size")] = Field(
+        32, description="images per global batch (all workers together)"
+    )
+    # patches per optimiser step (the official N_batch)
+    chunk_size: Annotated[int, Flag("--chunk-size")] = Field(
+        4096, description="patches per optimiser step (global: split across workers)"
+    )
+    # per category, balanced across defect types
+    num_anomalies: Annotated[int, Flag("--num-anomalies")] = Field(
+        10,
+        description="labelled anomalies per category taken from the test split (balanced across defect "
+        "types, seeded, recorded in the artifact, to be excluded from evaluation); 0 = unsupervised "
+        "variant (step 1 only) (default %(default)s)",
+    )
     seen_defects: tuple[str, ...] | None = None  # restrict training anomalies to these defect types
-    anomaly_repeats: int = 5  # real anomalies appear this many times per epoch (official: 5)
-    copy_paste_variants: int = 5  # synthetic copy-paste samples per anomaly (official: 5); 0 disables
+    anomaly_repeats: Annotated[int, Flag("--anomaly-repeats")] = Field(
+        5, description="times each real anomaly is seen per sub-epoch (default %(default)s)"
+    )  # official: 5
+    copy_paste_variants: Annotated[int, Flag("--copy-paste-variants")] = Field(
+        5, description="synthetic copy-paste samples per anomaly, 0 disables (default %(default)s)"
+    )  # official: 5
     copy_paste_placement: str = "in_place"  # or "random" (flip + move anywhere: textures)
-    calibration_fraction: float = 0.1  # train/good held out to calibrate the threshold
-    target_fpr: float = 0.01  # image threshold: this false-positive rate on the held-out normals
-    target_pixel_fpr: float = 0.01  # pixel threshold: this rate over the held-out normals' map pixels
+    calibration_fraction: Annotated[float, Flag("--calibration-fraction")] = Field(
+        0.1, description="train/good fraction held out to calibrate the threshold (default %(default)s)"
+    )
+    target_fpr: Annotated[float, Flag("--target-fpr")] = Field(
+        0.01,
+        description="false-positive rate of the stored threshold on held-out normals (default %(default)s)",
+    )
+    target_pixel_fpr: Annotated[float, Flag("--target-pixel-fpr")] = Field(
+        0.01,
+        description="false-positive rate of the stored pixel threshold (defect regions) over the held-out "
+        "normals' map pixels (default %(default)s)",
+    )
     seed: int = 0
     loss: LossConfig = Field(default_factory=LossConfig)
 

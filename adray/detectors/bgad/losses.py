@@ -19,20 +19,25 @@ Departure from the official code: every mean over an empty set is a zero that st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
-from adray.config import Config
+from adray.config import Config, Flag
 
 
 class LossConfig(Config):
     """Official defaults (README/scripts.sh values; ``pos_beta`` 0.01 as documented, not the 0.05 code default)."""
 
-    beta: float = 0.01
+    beta: Annotated[float, Flag("--beta")] = Field(
+        0.01, description="boundary quantile of normal log-likelihoods"
+    )
     normalizer: float = 10.0
-    tau: float = 0.1
+    tau: Annotated[float, Flag("--tau")] = Field(
+        0.1, description="margin between normal and anomaly boundaries"
+    )
     push_pull_weight: float = 1.0  # lambda
     focal_weighting: bool = True
     abs_floor: float = 1e-3
