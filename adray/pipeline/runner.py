@@ -31,7 +31,7 @@ from adray.pipeline.detector_set import DetectorSet
 from adray.pipeline.graph import DetectorPass, build_dataset, write_results
 from adray.pipeline.lease import RunLease, hold_run_lease
 from adray.pipeline.results_store import ResultsStore, RunRows, build_run_record
-from adray.pipeline.spec import AUTO, ScoreConfig
+from adray.pipeline.spec import AUTO, DetectorSpec, ScoreConfig
 from adray.pipeline.summary import DetectorCounts, RunSummary
 
 log = logging.getLogger(__name__)
@@ -68,55 +68,14 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
     store = ResultsStore(config.output)
     run_rows = read_run_rows(config.output, run_id)  # what an earlier attempt of this run id wrote
     already = run_rows.keys()
-    passes, counts = [], []
     specs = (
         auto.specs
         if auto
         else config.detector_specs({c: tuple(u for u, _ in v) for c, v in references.items()})
     )
-    for spec in specs:
-        detectors = DetectorSet(spec.replace(device="cpu"))  # the driver only asks for versions
-        applies = np.array(
-            [
-                detectors.applies_to(c, bool(p))
-                for c, p in zip(items["category"].to_pylist(), items["pc_uri"].to_pylist())
-            ],
-            dtype=bool,
-        )
-        work = items.filter(pa.array(applies))
-        # --detector auto: items of categories handed to another detector are not this one's "not applicable"
-        mine = np.ones(len(applies), bool)
-        if spec.only_categories:
-            mine = np.isin(np.asarray(items["category"].to_pylist(), object), list(spec.only_categories))
-        versions = {c: detectors.version(c) for c in sorted(set(work["category"].to_pylist()))}
-        work = work.append_column(
-            "detector_version", pa.array([versions[c] for c in work["category"].to_pylist()], pa.string())
-        )
-        if auto is not None:  # the rung each row was scored on (results column ``strategy``)
-            strategy = [auto.strategy[c] for c in work["category"].to_pylist()]
-            work = work.append_column("strategy", pa.array(strategy, pa.string()))
-        n_delta = work.num_rows
-        if config.delta:
-            work = delta(work, config.output, exclude_run=run_id)
-        row_count = DetectorCounts(
-            name=detectors.name,
-            versions=sorted(set(versions.values())),
-            rows_in=work.num_rows,
-            not_applicable=int((mine & ~applies).sum()),
-            skipped_delta=n_delta - work.num_rows,
-        )
-        todo = _minus(work, already)
-        row_count.resumed = work.num_rows - todo.num_rows
-        counts.append(row_count)
-        passes.append(DetectorPass(spec=spec, name=detectors.name, needs_xyz=detectors.needs_xyz, work=todo))
-
-    t_scoring = time.perf_counter()
-    todo = [job for job in passes if job.work.num_rows]
-    for job in todo:
-        log.info("run %s: scoring %d items with %s", run_id, job.work.num_rows, job.name)
-    if todo:  # one graph for all detectors: each item is read and decoded once for all that score it
-        write_results(build_dataset(todo, config, run_id), config.output, run_id)
-    scoring_s = time.perf_counter() - t_scoring
+    planned = [_plan_pass(spec, items, config, run_id, auto, already) for spec in specs]
+    passes, counts = [job for job, _ in planned], [c for _, c in planned]
+    scoring_s = _run_passes(passes, config, run_id)
 
     _check_and_count(config.output, run_id, passes, counts, run_rows)  # reads only files written since
     summary = RunSummary(
@@ -135,23 +94,7 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
         removed_partial_files=run_rows.removed,
     )
     summary.elapsed_s = time.perf_counter() - t0
-    record = build_run_record(
-        run_id=run_id,
-        started_at=started_at,
-        finished_at=datetime.now(timezone.utc),
-        input_uri=manifest_url,
-        output=store.results_url,
-        detectors=[{"name": d.name, "version": v} for d in counts for v in d.versions],
-        counts=summary.counts(),
-        timings={"total_s": summary.elapsed_s, "scoring_s": scoring_s, "items_per_s": summary.throughput},
-        config=config.to_json(),
-        extra={
-            "references": summary.references,
-            "per_detector": [d.__dict__ for d in counts],
-            "source_input": config.input,
-            **({"auto": auto.to_json(), "auto_status": auto.status_lines} if auto else {}),
-        },
-    )
+    record = _run_record(config, summary, auto, started_at, manifest_url, store.results_url)
     previous = store.read_run_record(run_id)
     if previous is not None and previous.get("status") == "committed" and summary.total("scored_now") == 0:
         log.info(
@@ -161,6 +104,86 @@ def _score_archive(config: ScoreConfig, run_id: str, lease: RunLease) -> RunSumm
     lease.check()  # a writer that stalled past its lease's expiry must not commit over the new owner
     store.write_run_record(record)
     return summary
+
+
+def _plan_pass(
+    spec: DetectorSpec, items: pa.Table, config: ScoreConfig, run_id: str, auto: Any, already: pa.Table
+) -> tuple[DetectorPass, DetectorCounts]:
+    """One detector's pass: the items it applies to (less the delta's and an earlier attempt's rows),
+    each with its ``detector_version`` (and ``strategy`` under ``--detector auto``), and its counts."""
+    detectors = DetectorSet(spec.replace(device="cpu"))  # the driver only asks for versions
+    applies = np.array(
+        [
+            detectors.applies_to(c, bool(p))
+            for c, p in zip(items["category"].to_pylist(), items["pc_uri"].to_pylist())
+        ],
+        dtype=bool,
+    )
+    work = items.filter(pa.array(applies))
+    # --detector auto: items of categories handed to another detector are not this one's "not applicable"
+    mine = np.ones(len(applies), bool)
+    if spec.only_categories:
+        mine = np.isin(np.asarray(items["category"].to_pylist(), object), list(spec.only_categories))
+    versions = {c: detectors.version(c) for c in sorted(set(work["category"].to_pylist()))}
+    work = work.append_column(
+        "detector_version", pa.array([versions[c] for c in work["category"].to_pylist()], pa.string())
+    )
+    if auto is not None:  # the rung each row was scored on (results column ``strategy``)
+        strategy = [auto.strategy[c] for c in work["category"].to_pylist()]
+        work = work.append_column("strategy", pa.array(strategy, pa.string()))
+    n_delta = work.num_rows
+    if config.delta:
+        work = delta(work, config.output, exclude_run=run_id)
+    row_count = DetectorCounts(
+        name=detectors.name,
+        versions=sorted(set(versions.values())),
+        rows_in=work.num_rows,
+        not_applicable=int((mine & ~applies).sum()),
+        skipped_delta=n_delta - work.num_rows,
+    )
+    todo = _minus(work, already)
+    row_count.resumed = work.num_rows - todo.num_rows
+    return DetectorPass(spec=spec, name=detectors.name, needs_xyz=detectors.needs_xyz, work=todo), row_count
+
+
+def _run_passes(passes: list[DetectorPass], config: ScoreConfig, run_id: str) -> float:
+    """Score and write the passes that have work, as one Ray Data graph; returns the seconds it took."""
+    t_scoring = time.perf_counter()
+    todo = [job for job in passes if job.work.num_rows]
+    for job in todo:
+        log.info("run %s: scoring %d items with %s", run_id, job.work.num_rows, job.name)
+    if todo:  # one graph for all detectors: each item is read and decoded once for all that score it
+        write_results(build_dataset(todo, config, run_id), config.output, run_id)
+    return time.perf_counter() - t_scoring
+
+
+def _run_record(
+    config: ScoreConfig, summary: RunSummary, auto: Any, started_at: datetime, input_uri: str, output: str
+) -> dict[str, Any]:
+    """The run record (``runs/<run_id>.json``) of a checked run, finished now; ``input_uri``, ``output``:
+    the manifest and results URLs as the run used them (the summary's are redacted)."""
+    counts = summary.detectors
+    return build_run_record(
+        run_id=summary.run_id,
+        started_at=started_at,
+        finished_at=datetime.now(timezone.utc),
+        input_uri=input_uri,
+        output=output,
+        detectors=[{"name": d.name, "version": v} for d in counts for v in d.versions],
+        counts=summary.counts(),
+        timings={
+            "total_s": summary.elapsed_s,
+            "scoring_s": summary.scoring_s,
+            "items_per_s": summary.throughput,
+        },
+        config=config.to_json(),
+        extra={
+            "references": summary.references,
+            "per_detector": [d.__dict__ for d in counts],
+            "source_input": config.input,
+            **({"auto": auto.to_json(), "auto_status": auto.status_lines} if auto else {}),
+        },
+    )
 
 
 def resolve_auto_detectors(config: ScoreConfig, manifest: pa.Table, items: pa.Table) -> Any:
@@ -323,15 +346,7 @@ def repair_run(output: str, run_id: str, *, dry_run: bool = False) -> dict[str, 
             except Exception as e:  # cut off mid-write: never part of a committed run
                 log.warning("run %s: removing unreadable result file %s: %s", run_id, url, e)
                 removed.append(url)
-        kept: dict[tuple[str, str, str], tuple[str, int, bool]] = {}
-        for url, t in tables.items():
-            detector = detectors[url]
-            statuses = t["status"].to_pylist()
-            for i, key in enumerate(zip(t["item_id"].to_pylist(), t["detector_version"].to_pylist())):
-                ok = statuses[i] == "ok"
-                prev = kept.get((detector, *key))
-                if prev is None or (ok and not prev[2]):
-                    kept[(detector, *key)] = (url, i, ok)
+        kept = _rows_to_keep(tables, detectors)
         keep_rows: dict[str, list[int]] = {url: [] for url in tables}
         for url, i, _ in kept.values():
             keep_rows[url].append(i)
@@ -360,3 +375,20 @@ def repair_run(output: str, run_id: str, *, dry_run: bool = False) -> dict[str, 
     }
     log.info("run %s repair%s: %s", run_id, " (dry run)" if dry_run else "", report)
     return report
+
+
+def _rows_to_keep(
+    tables: dict[str, pa.Table], detectors: dict[str, str]
+) -> dict[tuple[str, str, str], tuple[str, int, bool]]:
+    """Per ``(detector, item_id, detector_version)`` the row kept by :func:`repair_run`: ``(file URL, row
+    index, status is ok)`` of the first row with status ``ok``, else of the first, over the files in order."""
+    kept: dict[tuple[str, str, str], tuple[str, int, bool]] = {}
+    for url, t in tables.items():
+        detector = detectors[url]
+        statuses = t["status"].to_pylist()
+        for i, key in enumerate(zip(t["item_id"].to_pylist(), t["detector_version"].to_pylist())):
+            ok = statuses[i] == "ok"
+            prev = kept.get((detector, *key))
+            if prev is None or (ok and not prev[2]):
+                kept[(detector, *key)] = (url, i, ok)
+    return kept
