@@ -11,6 +11,7 @@ import torch
 
 from adray.backbones.open_clip import register_tiny_clip
 from adray.detectors import create_detector, load_detector
+from adray.detectors.artifact import HEADER_FIELDS
 from adray.detectors.thresholds import LEGACY, ZERO_SHOT_SOURCE
 from adray.detectors.winclip import calibration
 
@@ -88,7 +89,9 @@ def test_artifacts_keep_the_decision_and_old_ones_load_as_legacy(tmp_path: Path)
     assert loaded.decision == det.decision
     doc = json.loads((uri / "config.json").read_text())
     assert doc["metadata"]["decision"]["source"] == "reference_loo_fpr_0.05"
-    del doc["metadata"]["decision"]  # an artifact written before decisions were recorded
+    del doc["metadata"]["decision"]  # an artifact written before decisions were recorded:
+    for key in ("threshold_source", "pixel_threshold"):  # its header has no decision either
+        doc.pop(key, None)
     (uri / "config.json").write_text(json.dumps(doc))
     old = load_detector(str(uri))
     assert old.threshold_source == LEGACY and old.pixel_threshold is None
@@ -98,5 +101,8 @@ def test_artifacts_keep_the_decision_and_old_ones_load_as_legacy(tmp_path: Path)
     doc = json.loads((tmp_path / "zs" / "config.json").read_text())
     del doc["metadata"]["decision"]
     doc["metadata"]["threshold"] = None
+    for key in HEADER_FIELDS:  # written before decisions: before headers too (format 1.0)
+        doc.pop(key, None)
+    doc["schema_version"] = "1.0"
     (tmp_path / "zs" / "config.json").write_text(json.dumps(doc))
     assert load_detector(str(tmp_path / "zs")).threshold_source == ZERO_SHOT_SOURCE
