@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import safetensors.numpy
 
 from adray import storage
 from adray.io.masks import MAP_FRAME_KEY
@@ -50,7 +49,9 @@ from adray.io.samples import (
     item_bit_depth,
     read_item_bytes,
 )
+from adray.pipeline.catalog_skips import catalog_skips as _catalog_skips
 from adray.pipeline.detector_set import DetectorSet, cached_detector_set
+from adray.pipeline.packing import pack_arrays, unpack_arrays  # noqa: F401  (public here first)
 from adray.pipeline.spec import DetectorSpec, load_plugins
 
 #: Columns copied from the manifest (plus the detector version chosen on the driver) to the result row.
@@ -319,35 +320,6 @@ _DECODED = (
 )
 
 
-def _catalog_skips(batch: pa.Table, uris: list[str]) -> list[Problem | None]:
-    """Per row, ``(status, error)`` from the manifest's ``skip_status`` / ``skip_reason`` (a file the catalog
-    keeps so that it gets its row, but that is not to be read: refused name, not an image, zero bytes), or
-    ``error`` for a ``pixel_size_mm`` that is not a positive number (the item is not read)."""
-    n = batch.num_rows
-    sizes = batch.column("pixel_size_mm").to_pylist() if "pixel_size_mm" in batch.column_names else [None] * n
-    if "skip_status" not in batch.column_names:
-        return [_bad_pixel_size(v, u) for v, u in zip(sizes, uris)]
-    statuses = batch.column("skip_status").to_pylist()
-    reasons = batch.column("skip_reason").to_pylist() if "skip_reason" in batch.column_names else statuses
-    return [
-        (s, f"{u}: {r or s}") if s else _bad_pixel_size(v, u)
-        for s, r, u, v in zip(statuses, reasons, uris, sizes)
-    ]
-
-
-def _bad_pixel_size(value: Any, uri: str) -> Problem | None:
-    """``("error", why)`` when a manifest's ``pixel_size_mm`` is given but not a positive finite number."""
-    try:
-        ok = value is None or (np.isfinite(float(value)) and float(value) > 0)
-    except (TypeError, ValueError):
-        ok = False
-    return (
-        None
-        if ok
-        else ("error", f"{uri}: manifest column pixel_size_mm must be a positive number, got {value!r}")
-    )
-
-
 class _Given:
     """Bytes a caller already read (``image_bytes`` / ``pc_bytes`` columns), shaped like a read's future."""
 
@@ -413,27 +385,3 @@ def decode_sample(
 
 
 _item_bit_depth = item_bit_depth
-
-
-# ------------------------------------------------------------------------------------------ packing
-
-
-def pack_arrays(arrays: dict[str, Any]) -> bytes:
-    """Named arrays (numpy or torch, any shape) as one safetensors buffer (``safetensors.numpy.save``: a
-    JSON header of dtypes and shapes, then the raw little-endian bytes; no pickle). Raises ``ValueError``
-    for a dtype safetensors cannot hold (object, complex)."""
-    try:
-        return safetensors.numpy.save({k: np.ascontiguousarray(_to_numpy(v)) for k, v in arrays.items()})
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"cannot pack arrays {sorted(arrays)}: {e}") from e
-
-
-def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
-    """The arrays of :func:`pack_arrays`, dtypes and shapes as packed (``safetensors.numpy.load``)."""
-    return safetensors.numpy.load(bytes(blob))
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
