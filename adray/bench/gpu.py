@@ -168,10 +168,40 @@ def _ddp() -> list[dict[str, Any]]:
                 "params_updated": changed,
                 "all_reduce": float(t.item()),
                 "backend": dist.get_backend(),
-            }
+            },
+            _split_chunk_collectives(ll.detach()),
         ]
     finally:
         dist.destroy_process_group()
+
+
+def _split_chunk_collectives(ll: torch.Tensor) -> dict[str, Any]:
+    """The collectives of BGAD's split-chunk fit (``adray.detectors.bgad.parallel``) on this device's backend:
+    uneven all-gather of a chunk's log-likelihoods, max/sum all-reduce, and the object gather of item ids."""
+    from adray.detectors.bgad.parallel import chunk_shard, global_chunk_ll
+    from adray.train import common
+    from adray.train.bgad import _all_gather_list
+
+    start, end = chunk_shard(ll.shape[0], 0, 1)
+    gathered = common.all_gather_uneven(ll[start:end])
+    whole = global_chunk_ll(ll[start:end], start, end, ll.shape[0], _rank_group(common))
+    peak = common.all_reduce_max(ll.max().reshape(1))
+    total = common.all_reduce_sum(ll.sum().reshape(1))
+    ids = _all_gather_list(["a", "b"])
+    ok = (
+        torch.equal(gathered, ll)
+        and torch.equal(whole, ll)
+        and float(peak) == float(ll.max())
+        and abs(float(total) - float(ll.sum())) <= 1e-3 * abs(float(ll.sum())) + 1e-3
+        and ids == ["a", "b"]
+    )
+    return {"what": "BGAD split-chunk collectives (gather, max, sum, object gather)", "collectives_ok": ok}
+
+
+def _rank_group(common: Any) -> Any:
+    from adray.detectors.bgad.parallel import RankGroup
+
+    return RankGroup(0, 1, gather=common.all_gather_uneven, reduce_max=common.all_reduce_max)
 
 
 def _m3dm(n: int) -> list[dict[str, Any]]:
