@@ -15,6 +15,7 @@ the listing of a run's files belong to :mod:`adray.pipeline.results_store`; the 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,30 +54,56 @@ def finalize_batch(
     (:func:`adray.regions.find_regions`; areas in mm² with the item's ``pixel_size_mm`` manifest column,
     else the run's ``pixel_size_mm``)."""
     cols = {name: batch.column(name).to_pylist() for name in batch.column_names if name != "map"}
-    maps = batch.column("map").to_pylist()
     n = batch.num_rows
     now = datetime.now(timezone.utc)
-    mask_uri: list[str | None] = [None] * n
-    map_min: list[float | None] = [None] * n
-    map_max: list[float | None] = [None] * n
     status, error = list(cols["status"]), list(cols["error"])
-    frames = cols.get("map_frame", [None] * n)  # M3DM's pad offsets: the map in the scan's own pixels
-    results = ResultsStore(output)
-    pixel_thr = cols.get("pixel_threshold", [None] * n)
     item_mm = [pixel_size_mm if v is None else float(v) for v in cols.get("pixel_size_mm", [None] * n)]
-    regions: list[list[dict[str, Any]] | None] = [None] * n
-    region_count: list[int | None] = [None] * n
+    stored = _store_maps(
+        cols, batch.column("map").to_pylist(), status, error, ResultsStore(output), item_mm, write_masks
+    )
+    return results_table(
+        _result_columns(cols, status, error, stored, run_id=run_id, detector=detector, now=now)
+    )
+
+
+@dataclass
+class _StoredMaps:
+    """Per row, what storing its anomaly map gave: the mask PNG's URI (redacted), the map's value range
+    and the defect regions above its ``pixel_threshold``; None where nothing was stored."""
+
+    mask_uri: list[str | None]
+    map_min: list[float | None]
+    map_max: list[float | None]
+    regions: list[list[dict[str, Any]] | None]
+    region_count: list[int | None]
+
+
+def _store_maps(
+    cols: dict[str, list[Any]],
+    maps: list[bytes | None],
+    status: list[str],
+    error: list[str | None],
+    results: ResultsStore,
+    item_mm: list[float | None],
+    write_masks: bool,
+) -> _StoredMaps:
+    """Each ``ok`` row's map at image resolution: its regions, and its PNG written (threads); a row whose
+    write fails becomes ``status`` ``error`` (``status`` and ``error`` are updated in place)."""
+    n = len(maps)
+    out = _StoredMaps([None] * n, [None] * n, [None] * n, [None] * n, [None] * n)
+    frames = cols.get("map_frame", [None] * n)  # M3DM's pad offsets: the map in the scan's own pixels
+    pixel_thr = cols.get("pixel_threshold", [None] * n)
 
     def store(i: int) -> None:
         m = np.frombuffer(maps[i], dtype=np.float32).reshape(cols["map_h"][i], cols["map_w"][i]).copy()
         m = map_to_image(m, (int(cols["orig_h"][i]), int(cols["orig_w"][i])), frames[i])
         if pixel_thr[i] is not None:
-            regions[i], region_count[i] = find_regions(m, pixel_thr[i], pixel_size_mm=item_mm[i])
+            out.regions[i], out.region_count[i] = find_regions(m, pixel_thr[i], pixel_size_mm=item_mm[i])
         png, lo, hi = encode_map_png16(m)
         url = results.mask_url(cols["detector_version"][i], cols["item_id"][i])
         if write_masks:
             storage.write_bytes(url, png)
-        mask_uri[i], map_min[i], map_max[i] = storage.redact_url(url), float(lo), float(hi)
+        out.mask_uri[i], out.map_min[i], out.map_max[i] = storage.redact_url(url), float(lo), float(hi)
 
     todo = [i for i in range(n) if status[i] == "ok" and maps[i] is not None]
     with ThreadPoolExecutor(max_workers=min(_MASK_WRITE_THREADS, max(1, len(todo)))) as pool:
@@ -88,10 +115,28 @@ def finalize_batch(
                 "error",
                 f"mask write failed: {type(exc).__name__}: {storage.redact_text(str(exc))}",
             )
+    return out
 
-    score = [s if st == "ok" else None for s, st in zip(cols["image_score"], status)]
+
+def _result_columns(
+    cols: dict[str, list[Any]],
+    status: list[str],
+    error: list[str | None],
+    stored: _StoredMaps,
+    *,
+    run_id: str,
+    detector: str,
+    now: datetime,
+) -> dict[str, list[Any]]:
+    """The ``results`` columns of a batch's rows; score, map and threshold values only where ``ok``."""
+    n = len(status)
+
+    def if_ok(values: list[Any]) -> list[Any]:
+        return [v if st == "ok" else None for v, st in zip(values, status)]
+
+    score = if_ok(cols["image_score"])
     thr = cols["threshold"]
-    data = {
+    return {
         "run_id": [run_id] * n,
         "item_id": cols["item_id"],
         "uri": [storage.redact_url(u) for u in cols["uri"]],
@@ -102,27 +147,24 @@ def finalize_batch(
         "image_score": score,
         "threshold": thr,
         "is_anomalous": [None if s is None or t is None else bool(s >= t) for s, t in zip(score, thr)],
-        "mask_uri": [u if st == "ok" else None for u, st in zip(mask_uri, status)],
-        "map_min": [v if st == "ok" else None for v, st in zip(map_min, status)],
-        "map_max": [v if st == "ok" else None for v, st in zip(map_max, status)],
+        "mask_uri": if_ok(stored.mask_uri),
+        "map_min": if_ok(stored.map_min),
+        "map_max": if_ok(stored.map_max),
         "status": status,
         "error": [None if st == "ok" else storage.redact_text(e or st) for e, st in zip(error, status)],
         "label": cols["label"],
         "defect_type": cols["defect_type"],
         "content_token": cols["content_token"],
         "scored_at": [now] * n,
-        "latency_ms": [v if st == "ok" else None for v, st in zip(cols["latency_ms"], status)],
+        "latency_ms": if_ok(cols["latency_ms"]),
         "date": [now.strftime("%Y-%m-%d")] * n,
         "note": cols.get("note", [None] * n),
-        "threshold_source": [
-            v if st == "ok" else None for v, st in zip(cols.get("threshold_source", [None] * n), status)
-        ],
-        "pixel_threshold": [v if st == "ok" else None for v, st in zip(pixel_thr, status)],
-        "regions": [v if st == "ok" else None for v, st in zip(regions, status)],
-        "region_count": [v if st == "ok" else None for v, st in zip(region_count, status)],
+        "threshold_source": if_ok(cols.get("threshold_source", [None] * n)),
+        "pixel_threshold": if_ok(cols.get("pixel_threshold", [None] * n)),
+        "regions": if_ok(stored.regions),
+        "region_count": if_ok(stored.region_count),
         "strategy": cols.get("strategy", [None] * n),  # --detector auto's rung (a work-list column)
     }
-    return results_table(data)
 
 
 def results_table(data: dict[str, list[Any]]) -> pa.Table:
