@@ -88,7 +88,7 @@ def build_scored_dataset(root: Path) -> dict:
             )  # fmt: skip
             for k, v in values.items():
                 cols[k].append(v)
-    full = results_table(cols)
+    full = results_table({k: v for k, v in cols.items() if v})  # columns this fixture leaves unset: null
     for det in DETECTORS:
         part = full.filter(np.asarray(full.column("detector").to_pylist()) == det).drop(["detector", "date"])
         path = (
