@@ -319,8 +319,13 @@ class ScoreConfig(Config):
 
     @classmethod
     def from_flags(cls, args: argparse.Namespace, **overrides: Any) -> ScoreConfig:
-        """The config the parsed ``adray score`` flags describe (absent repeatable flags: the defaults)."""
-        return cls(**{**flag_values(cls, args), **overrides})
+        """The config the parsed ``adray score`` flags describe (absent repeatable flags: the defaults).
+        ``--address`` is added by :func:`adray.pipeline.cluster.add_address_argument`, not from a field's flag,
+        so it is read here by name."""
+        values = flag_values(cls, args)
+        if getattr(args, "address", None) is not None:
+            values["address"] = args.address
+        return cls(**{**values, **overrides})
 
 
 def _redacted(value: Any) -> Any:

@@ -92,6 +92,18 @@ def test_score_flags_build_the_config_and_defaults_are_the_fields():
     assert cfg.replace(detector_options={}) == default  # every other value is the field's default
 
 
+@pytest.mark.parametrize("command", ["score", "reinspect"])
+def test_address_flag_reaches_the_config(command):
+    """--address is not a field's flag (cluster.add_address_argument adds it): the run must still attach."""
+    from adray.commands.score import config_from_args
+
+    parser = build_parser(f"adray {command}", command)
+    args = parser.parse_args(["--input", "m.parquet", "--output", "out", "--address", "127.0.0.1:6379"])
+    assert config_from_args(args, delta=command == "reinspect").address == "127.0.0.1:6379"
+    args = parser.parse_args(["--input", "m.parquet", "--output", "out"])
+    assert config_from_args(args).address is None
+
+
 def test_bad_flag_value_exits_2_with_one_line(tmp_path, capsys):
     argv = ["score", "--input", str(tmp_path / "m.parquet"), "--output", str(tmp_path / "o"), "--actors", "0"]
     assert main(argv) == 2
