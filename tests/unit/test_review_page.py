@@ -156,7 +156,7 @@ def _with_regions(root: str, scored: dict) -> tuple:
     con = connect(root)
     con.register("_regions", pa.table({"item_id": ids, "regions": pa.array(regions, pa.list_(struct))}))
     con.execute(
-        "CREATE OR REPLACE VIEW latest_scores AS SELECT s.*, g.regions FROM (SELECT * FROM results "
+        "CREATE OR REPLACE VIEW latest_scores AS SELECT s.*, g.regions FROM (SELECT * EXCLUDE (regions) FROM results "
         "QUALIFY row_number() OVER (PARTITION BY item_id, detector ORDER BY scored_at DESC) = 1) s "
         "LEFT JOIN _regions g USING (item_id)"
     )
