@@ -24,14 +24,14 @@ from adray.detectors.bgad.images import normalise, resize_image
 from adray.detectors.bgad.model import BgadModel, Normaliser, flow_tensors, image_scores, load_flow_tensors
 from adray.detectors.header import Preprocessing, header_fields
 from adray.detectors.registry import Preprocess, register_header
-from adray.detectors.thresholds import Decision
+from adray.detectors.thresholds import Decision, DecisionMixin
 
 #: config keys outside the version: the training hyperparameters (provenance; the flows carry their effect)
 UNVERSIONED = ("train",)
 
 
 @register_detector("bgad")
-class BgadDetector:
+class BgadDetector(DecisionMixin):
     """A BGAD model fitted for one category: frozen backbone, flows, frozen normaliser, threshold.
 
     ``metadata`` carries provenance that does not change scores (anomaly split, calibration, fit stats);
@@ -82,15 +82,6 @@ class BgadDetector:
         ``metadata["decision"]`` (``heldout_normals_fpr_<f>``); ``legacy`` (no pixel threshold) for
         artifacts fitted before decisions."""
         return Decision.from_dict(self.metadata.get("decision"), legacy_threshold=self._threshold)
-
-    @property
-    def pixel_threshold(self) -> float | None:
-        """Threshold on anomaly-map values (a pixel is in a defect region when ``>=`` it), or ``None``."""
-        return self.decision.pixel_threshold
-
-    @property
-    def threshold_source(self) -> str:
-        return self.decision.source
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -29,7 +29,7 @@ from adray.detectors.m3dm.fusion import FeatureFusion
 from adray.detectors.m3dm.model import backbone_fingerprint, fused_grid
 from adray.detectors.m3dm.preprocessing import PreprocessConfig
 from adray.detectors.registry import Preprocess, register_header
-from adray.detectors.thresholds import Decision
+from adray.detectors.thresholds import Decision, DecisionMixin
 
 BANKS_FILE = "banks.safetensors"
 DLF_FILE = "dlf.safetensors"
@@ -40,7 +40,7 @@ class BackboneMismatchError(RuntimeError):
 
 
 @register_detector("m3dm")
-class M3DMDetector:
+class M3DMDetector(DecisionMixin):
     """M3DM over an RGB image and its point cloud (mode ``rgb`` needs the image only).
 
     ``score`` gives image scores ``[N]`` and anomaly maps ``[N, S, S]`` (S = ``config.img_size``), the
@@ -91,15 +91,6 @@ class M3DMDetector:
         ``metadata["decision"]`` (:func:`adray.detectors.m3dm.fit.heldout_decision`); ``legacy`` (no
         pixel threshold) for artifacts built before decisions."""
         return Decision.from_dict(self.metadata.get("decision"), legacy_threshold=self._threshold)
-
-    @property
-    def pixel_threshold(self) -> float | None:
-        """Threshold on anomaly-map values (a pixel is in a defect region when ``>=`` it), or ``None``."""
-        return self.decision.pixel_threshold
-
-    @property
-    def threshold_source(self) -> str:
-        return self.decision.source
 
     @property
     def version(self) -> str:
