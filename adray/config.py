@@ -58,10 +58,11 @@ class Flag:
     ``option``: the flag (``--batch-size``). ``dest``: the argparse destination when it is not the field
     name (kept for flags whose namespace attribute other code reads). ``repeatable``: ``action="append"``
     with argparse default ``None``, so an absent flag leaves the field's default. ``negate``: a
-    ``--no-...`` switch that stores ``False`` in a bool field. ``type``: the argparse converter (default:
-    the field's int / float type, none for text). ``parse``: turns the parsed value into the field's value
-    (``KEY=VALUE`` pairs into a dict, ...). ``help``: only where the help must differ from the field's
-    description.
+    ``--no-...`` switch that stores ``False`` in a bool field (a bool field without ``negate`` is a
+    ``store_true`` switch). ``type``: the argparse converter (default: the field's int / float type, none
+    for text). ``parse``: turns the parsed value into the field's value (``KEY=VALUE`` pairs into a dict,
+    ...). ``help``: only where the help must differ from the field's description. ``choices``: the
+    allowed values; ``True`` takes them from the field's ``Literal[...]`` type.
     """
 
     option: str
@@ -72,6 +73,7 @@ class Flag:
     type: Callable[[str], Any] | None = None
     parse: Callable[[Any], Any] | None = None
     help: str | None = None
+    choices: tuple[Any, ...] | bool | None = None
 
 
 class Config(BaseModel):
@@ -154,6 +156,8 @@ def add_flags(parser: Any, model: type[BaseModel], names: Iterable[str]) -> None
         kwargs: dict[str, Any] = {"help": flag.help or field.description, "dest": flag.dest or name}
         if flag.negate:
             kwargs["action"] = "store_false"
+        elif field.annotation is bool:
+            kwargs["action"] = "store_true"
         elif flag.repeatable:
             element = _scalar_type(_element(field.annotation))
             kwargs.update(action="append", default=None, metavar=flag.metavar, type=flag.type or element)
@@ -165,7 +169,12 @@ def add_flags(parser: Any, model: type[BaseModel], names: Iterable[str]) -> None
             kwargs["type"] = flag.type or _scalar_type(field.annotation)
             if flag.metavar:
                 kwargs["metavar"] = flag.metavar
-        parser.add_argument(flag.option, **{k: v for k, v in kwargs.items() if v is not None})
+            if flag.choices is True:
+                kwargs["choices"] = _literal_values(field.annotation)
+            elif flag.choices:
+                kwargs["choices"] = flag.choices
+        action = parser.add_argument(flag.option, **{k: v for k, v in kwargs.items() if v is not None})
+        action.config_field = f"{model.__name__}.{name}"  # where its default lives (tests check this)
 
 
 def flag_values(model: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
@@ -190,6 +199,16 @@ def _element(annotation: Any) -> Any:
     if typing.get_origin(annotation) in (list, tuple) and args:
         return args[0]
     return _element(args[0]) if len(args) == 1 else None
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    """``Literal["a", "b"]`` (optionally ``| None``) -> ``("a", "b")``."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1:
+        return _literal_values(args[0])
+    raise TypeError(f"Flag(choices=True) needs a Literal field, got {annotation!r}")
 
 
 def _scalar_type(annotation: Any) -> Callable[[str], Any] | None:

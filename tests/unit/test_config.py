@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pytest
 from pydantic import Field, ValidationError
@@ -37,6 +37,23 @@ def test_flags_come_from_the_fields():
     assert "edge in pixels" in parser.format_help()
     with pytest.raises(ConfigError, match="--size"):
         _Tiny(**flag_values(_Tiny, parser.parse_args(["--size", "0"])))
+
+
+class _Switches(Config):
+    tiny: Annotated[bool, Flag("--tiny")] = Field(False, description="tiny random backbones")
+    mode: Annotated[Literal["rgb", "xyz"], Flag("--mode", choices=True)] = Field("rgb", description="banks")
+
+
+def test_bool_switches_literal_choices_and_where_each_default_lives():
+    parser = argparse.ArgumentParser()
+    add_flags(parser, _Switches, ("tiny", "mode"))
+    assert _Switches(**flag_values(_Switches, parser.parse_args([]))) == _Switches()
+    got = _Switches(**flag_values(_Switches, parser.parse_args(["--tiny", "--mode", "xyz"])))
+    assert (got.tiny, got.mode) == (True, "xyz")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "both"])  # not one of the Literal's values
+    fields = {a.dest: getattr(a, "config_field", None) for a in parser._actions}
+    assert fields == {"help": None, "tiny": "_Switches.tiny", "mode": "_Switches.mode"}
 
 
 def test_errors_are_one_line_and_name_the_flag():
