@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from adray.config import add_flags
+from adray.review.page import PageConfig
+from adray.review.select import Selection
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -20,31 +24,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--report", default="review.html", metavar="PATH",
         help="where to write the page: a .html file or a folder (PATH/review.html); default ./review.html",
     )  # fmt: skip
-    parser.add_argument("--per-category", type=int, default=50, help="highest-scored unlabelled items per "
-                        "category and detector (default 50)")  # fmt: skip
-    parser.add_argument("--sample", type=int, default=10, help="random low-scored items per category and "
-                        "detector, to catch misses (default 10)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of the low-scored sample (default 0)")
+    add_flags(parser, Selection, ("per_category", "sample", "seed"))
     parser.add_argument("--detector", action="append", default=[], help="only this detector (repeatable)")
     parser.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
-    parser.add_argument("--thumb-size", type=int, default=224, help="longer side of thumbnails in px")
-    parser.add_argument("--max-mb", type=float, default=40.0, help="cap on the page's embedded thumbnails "
-                        "in MB; cards past it are left out and the page says how many (default 40)")  # fmt: skip
-    parser.add_argument("--page-size", type=int, default=24, help="cards per page in the browser")
-    parser.add_argument("--reviewer", default="", help="pre-filled labelled_by of the exported labels")
+    add_flags(parser, PageConfig, ("thumb_size",))
+    parser.add_argument(  # PageConfig.max_bytes, in MB on the command line (its default read from there)
+        "--max-mb", type=float, default=PageConfig().max_bytes / 1e6, help="cap on the page's embedded "
+        "thumbnails in MB; cards past it are left out and the page says how many (default 40)",
+    )  # fmt: skip
+    add_flags(parser, PageConfig, ("page_size", "reviewer"))
 
 
 def run(args: argparse.Namespace) -> int:
+    from adray.config import flag_values
     from adray.errors import UserError
-    from adray.review import PageConfig, Selection, write_review
+    from adray.review import write_review
 
-    for name in ("per_category", "sample", "thumb_size", "page_size"):
-        if getattr(args, name) < (0 if name in ("per_category", "sample") else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.max_mb <= 0:
         raise UserError(f"--max-mb must be positive, got {args.max_mb}")
-    sel = Selection(args.per_category, args.sample, args.seed, tuple(args.detector), tuple(args.category))
-    cfg = PageConfig(args.thumb_size, int(args.max_mb * 1e6), args.page_size, args.reviewer)
+    sel = Selection(
+        **flag_values(Selection, args), detectors=tuple(args.detector), categories=tuple(args.category)
+    )
+    cfg = PageConfig(**flag_values(PageConfig, args), max_bytes=int(args.max_mb * 1e6))
     url, page = write_review(args.output, args.report, sel, cfg)
     print(f"review page: {url} ({len(page.html) / 1e6:.1f} MB, {page.cards} card(s))")
     if page.left_out:

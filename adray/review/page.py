@@ -19,11 +19,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import duckdb
+from pydantic import ConfigDict, Field
 
 from adray import storage
+from adray.config import Config, Flag
 from adray.labels import FILE_COLUMNS
 from adray.review.assets import CSS, JS
 from adray.review.select import Picked, Selection, pick_items
@@ -34,17 +36,26 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 
 REGION_FIELDS = ("x0", "y0", "x1", "y1", "area_px", "peak", "mean")
 
 
-@dataclass(frozen=True)
-class PageConfig:
+class PageConfig(Config):
     """``thumb_size``: longer side of each thumbnail in px; ``max_bytes``: cap on the embedded thumbnails
     (cards past it are left out, each section keeping its best-ranked first); ``page_size``: cards per
-    page; ``reviewer``: pre-filled ``labelled_by``; ``workers``: parallel image reads."""
+    page; ``reviewer``: pre-filled ``labelled_by``; ``workers``: parallel image reads. The ``adray review``
+    flags of these fields are generated from them (``--max-mb`` is ``max_bytes`` in MB); a size below 1
+    raises :class:`adray.errors.ConfigError`."""
 
-    thumb_size: int = 224
-    max_bytes: int = 40_000_000
-    page_size: int = 24
-    reviewer: str = ""
-    workers: int = 8
+    model_config = ConfigDict(extra="forbid", frozen=True, title="review page")
+
+    thumb_size: Annotated[int, Flag("--thumb-size")] = Field(
+        224, ge=1, description="longer side of thumbnails in px"
+    )
+    max_bytes: int = Field(40_000_000, ge=1)
+    page_size: Annotated[int, Flag("--page-size")] = Field(
+        24, ge=1, description="cards per page in the browser"
+    )
+    reviewer: Annotated[str, Flag("--reviewer")] = Field(
+        "", description="pre-filled labelled_by of the exported labels"
+    )
+    workers: int = Field(8, ge=1)
 
 
 @dataclass

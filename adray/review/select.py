@@ -9,9 +9,12 @@ rows with a score are candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import duckdb
+from pydantic import ConfigDict, Field
+
+from adray.config import Config, Flag
 
 #: columns always read from ``latest_scores``
 BASE_COLUMNS = (
@@ -22,23 +25,27 @@ BASE_COLUMNS = (
 OPTIONAL_COLUMNS = ("regions", "region_count", "threshold_source")
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(Config):
     """How many items of each kind to pick per (category, detector), and from which detectors/categories.
 
     ``per_category``: the highest-scored unlabelled items; ``sample``: random unlabelled items from the lower
     half of that section's scores (ranks below ``per_category`` too), drawn with ``seed``. Empty
-    ``detectors`` / ``categories`` mean all."""
+    ``detectors`` / ``categories`` mean all. The ``adray review`` flags of these fields are generated from
+    them (:func:`adray.config.add_flags`); a negative count raises :class:`adray.errors.ConfigError`."""
 
-    per_category: int = 50
-    sample: int = 10
-    seed: int = 0
+    model_config = ConfigDict(extra="forbid", frozen=True, title="review selection")
+
+    per_category: Annotated[int, Flag("--per-category")] = Field(
+        50, ge=0, description="highest-scored unlabelled items per category and detector (default 50)"
+    )
+    sample: Annotated[int, Flag("--sample")] = Field(
+        10,
+        ge=0,
+        description="random low-scored items per category and detector, to catch misses (default 10)",
+    )
+    seed: Annotated[int, Flag("--seed")] = Field(0, description="seed of the low-scored sample (default 0)")
     detectors: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.per_category < 0 or self.sample < 0:
-            raise ValueError("per_category and sample must be >= 0")
 
 
 @dataclass
