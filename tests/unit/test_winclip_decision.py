@@ -49,11 +49,15 @@ def test_leave_one_out_scores_are_the_scores_against_the_other_references():
     batch = torch.from_numpy(det.preprocess({"image": refs[2]})["image"][None])
     expected = others.score(batch)
     images = torch.from_numpy(np.stack([det.preprocess({"image": r})["image"] for r in refs]))
-    tokens, emb, patches = det.encode_images(images)
-    windows = det.window_embeddings(images, tokens)
-    per_ref = {"patch": torch.nn.functional.normalize(patches, dim=-1)}
-    per_ref.update({f"window_{k}": torch.nn.functional.normalize(w, dim=-1) for k, w in windows.items()})
-    scores, maps = calibration.leave_one_out_scores(det, emb, patches, windows, per_ref, (images.shape[-2:]))
+    encoded = det.encode(images)
+    per_ref = {"patch": torch.nn.functional.normalize(encoded.patches, dim=-1)}
+    per_ref.update(
+        {f"window_{k}": torch.nn.functional.normalize(w, dim=-1) for k, w in encoded.windows.items()}
+    )
+    assert per_ref.keys() == encoded.memory_rows().keys()
+    for name, rows in encoded.memory_rows().items():
+        torch.testing.assert_close(rows, per_ref[name])
+    scores, maps = calibration.leave_one_out_scores(det, encoded, per_ref, tuple(images.shape[-2:]))
     np.testing.assert_allclose(scores[2], expected.image_score.numpy()[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(maps[2], expected.anomaly_map.numpy()[0], rtol=1e-4, atol=1e-5)
     # at rate 0 nothing normal is flagged: thresholds sit just above the largest leave-one-out values

@@ -8,25 +8,15 @@ Deliberate departures from the official code are listed in each module's docstri
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from adray.detectors import base
 from adray.detectors.m3dm.alignment import upsample_rgb_grid
 from adray.detectors.m3dm.features import FeatureExtractor
 from adray.detectors.m3dm.fusion import FeatureFusion
+from adray.detectors.moved import forward_moved
 
 __all__ = ["FeatureExtractor", "FeatureFusion", "backbone_fingerprint", "fused_grid"]
-#: names whose home was this module before :mod:`.detector`, forwarded by :func:`__getattr__`
-_MOVED = (
-    "BANKS_FILE",
-    "DLF_FILE",
-    "BackboneMismatchError",
-    "M3DMDetector",
-    "m3dm_legacy_header",
-    "m3dm_preprocessor",
-)
 
 
 def fused_grid(
@@ -47,11 +37,5 @@ def backbone_fingerprint(extractor: FeatureExtractor) -> str:
     return base.content_hash({}, {k: v.reshape(-1) for k, v in extractor.state_dict().items()})
 
 
-def __getattr__(name: str) -> Any:
-    """The detector's names from this module, their home before :mod:`.detector`: forwarded on first use
-    (the detector imports this module, so a module-level import here would be a cycle)."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module("adray.detectors.m3dm.detector"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: the names of :mod:`.detector` (its ``__all__``), whose home this module was before: forwarded on first use
+__getattr__ = forward_moved(__name__, "adray.detectors.m3dm.detector")

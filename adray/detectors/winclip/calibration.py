@@ -37,57 +37,42 @@ from adray.detectors.thresholds import (
 
 if TYPE_CHECKING:
     from adray.detectors.winclip.detector import WinClipDetector as WinClip
+    from adray.detectors.winclip.model import Encoded
 
 #: the ``method`` of :func:`adray.detectors.thresholds.source_name`: ``reference_loo_fpr_<rate>``
 METHOD = "reference_loo"
 
 
 def leave_one_out_scores(
-    detector: WinClip,
-    image_emb: torch.Tensor,
-    patches: torch.Tensor,
-    windows: Mapping[int, torch.Tensor],
-    per_ref: Mapping[str, torch.Tensor],
-    size: tuple[int, int],
+    detector: WinClip, encoded: Encoded, per_ref: Mapping[str, torch.Tensor], size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores ``[K]``, maps ``[K, *size]``) of each of K >= 2 references against the other K-1.
 
-    ``image_emb`` ``[K, D]``, ``patches`` ``[K, P, C]``, ``windows`` ``{k: [K, n_k, D]}``: the references'
-    encodings; ``per_ref``: the normalised memory rows per reference (``{"patch": [K, P, C],
-    "window_<k>": [K, n_k, D]}``). Raises ``ValueError`` for fewer than two references.
+    ``encoded``: the K references' encodings (:meth:`WinClip.encode`); ``per_ref``: their memory rows
+    (:meth:`Encoded.memory_rows <adray.detectors.winclip.model.Encoded.memory_rows>`: ``{"patch":
+    [K, P, C], "window_<k>": [K, n_k, D]}``). Raises ``ValueError`` for fewer than two references.
     """
-    k = int(image_emb.shape[0])
+    k = int(encoded.image_emb.shape[0])
     if k < 2:
         raise ValueError("leave-one-out needs at least two reference images")
     scores, maps = [], []
     for j in range(k):
         others = [i for i in range(k) if i != j]
         memory = {name: rows[others].flatten(0, 1) for name, rows in per_ref.items()}
-        s, m = detector.score_encoded(
-            image_emb[j : j + 1],
-            patches[j : j + 1],
-            {scale: w[j : j + 1] for scale, w in windows.items()},
-            memory,
-            size,
-        )
+        s, m = detector.score_encoded(encoded.take(slice(j, j + 1)), memory, size)
         scores.append(s.numpy())
         maps.append(m.numpy())
     return np.concatenate(scores), np.concatenate(maps)
 
 
 def reference_decision(
-    detector: WinClip,
-    image_emb: torch.Tensor,
-    patches: torch.Tensor,
-    windows: Mapping[int, torch.Tensor],
-    per_ref: Mapping[str, torch.Tensor],
-    size: tuple[int, int],
+    detector: WinClip, encoded: Encoded, per_ref: Mapping[str, torch.Tensor], size: tuple[int, int]
 ) -> Decision:
     """The WinCLIP+ decision for K references (arguments as :func:`leave_one_out_scores`): leave-one-out
     thresholds at the detector's target rates for K >= 2, the uncalibrated K = 1 rule otherwise."""
-    if int(image_emb.shape[0]) < 2:
+    if int(encoded.image_emb.shape[0]) < 2:
         return Decision(threshold=PROMPT_PROB, pixel_threshold=PROMPT_PROB, source=K1_SOURCE)
-    scores, maps = leave_one_out_scores(detector, image_emb, patches, windows, per_ref, size)
+    scores, maps = leave_one_out_scores(detector, encoded, per_ref, size)
     cfg = detector.config
     return calibrate(
         scores, maps, method=METHOD, target_fpr=cfg.target_fpr, target_pixel_fpr=cfg.target_pixel_fpr

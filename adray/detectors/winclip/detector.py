@@ -108,6 +108,12 @@ class WinClipDetector(decisions.DecisionMixin):
             self.visual, tokens, self.indices, self._chunk_tokens, self.window_dtype, self.device
         )
 
+    def encode(self, images: torch.Tensor) -> model.Encoded:
+        """The :class:`~adray.detectors.winclip.model.Encoded` images ``[N, 3, S, S]`` (preprocessed): one
+        full-image pass, its embedded tokens reused by every window."""
+        tokens, image_emb, patches = self.encode_images(images)
+        return model.Encoded(image_emb, patches, self.window_embeddings(images, tokens))
+
     @property
     def _chunk_tokens(self) -> int:
         """Tokens per transformer call: ``max_tokens``, and on CPU at most :data:`CPU_CHUNK_TOKENS`."""
@@ -131,14 +137,10 @@ class WinClipDetector(decisions.DecisionMixin):
         if not isinstance(images, torch.Tensor):
             images = torch.from_numpy(np.stack([self.preprocess({"image": im})["image"] for im in images]))
         images = self._as_images(images)
-        tokens, image_emb, patches = self.encode_images(images)
-        windows = self.window_embeddings(images, tokens)
-        per_ref = {"patch": patches, **{f"window_{k}": emb for k, emb in windows.items()}}
-        per_ref = {name: nn.functional.normalize(m.float(), dim=-1) for name, m in per_ref.items()}
+        encoded = self.encode(images)
+        per_ref = encoded.memory_rows()
         self.memory = {name: m.flatten(0, 1) for name, m in per_ref.items()}
-        self.decision = calibration.reference_decision(
-            self, image_emb, patches, windows, per_ref, tuple(images.shape[-2:])
-        )
+        self.decision = calibration.reference_decision(self, encoded, per_ref, tuple(images.shape[-2:]))
 
     @property
     def k_shot(self) -> int:
@@ -151,33 +153,18 @@ class WinClipDetector(decisions.DecisionMixin):
         """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` (float32, CPU) for preprocessed images."""
         images = batch["image"] if isinstance(batch, Mapping) else batch
         images = self._as_images(images)
-        tokens, image_emb, patches = self.encode_images(images)
-        windows = self.window_embeddings(images, tokens)
-        scores, maps = self.score_encoded(image_emb, patches, windows, self.memory, tuple(images.shape[-2:]))
+        scores, maps = self.score_encoded(self.encode(images), self.memory, tuple(images.shape[-2:]))
         return ScoreBatch(scores, maps)
 
     def score_encoded(
-        self,
-        image_emb: torch.Tensor,
-        patches: torch.Tensor,
-        windows: Mapping[int, torch.Tensor],
-        memory: Mapping[str, torch.Tensor],
-        size: tuple[int, int],
+        self, encoded: model.Encoded, memory: Mapping[str, torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image scores ``[N]``, maps ``[N, *size]``), float32 CPU, from encoded images against ``memory``
-        (empty: zero-shot); :meth:`score` after encoding, and the leave-one-out calibration's scorer
-        (:func:`adray.detectors.winclip.model.score_encoded`)."""
-        return model.score_encoded(
-            self.text_embeddings,
-            self.config.temperature,
-            self.grid,
-            tuple(self.indices),
-            image_emb,
-            patches,
-            windows,
-            memory,
-            size,
-        )
+        """(image scores ``[N]``, maps ``[N, *size]``), float32 CPU, of N ``encoded`` images against
+        ``memory`` (empty: zero-shot); :meth:`score` after encoding, and the leave-one-out calibration's
+        scorer (:func:`adray.detectors.winclip.model.score_encoded` with this detector's prompts,
+        temperature, grid and scales)."""
+        text, temperature = self.text_embeddings, self.config.temperature
+        return model.score_encoded(text, temperature, self.grid, tuple(self.indices), encoded, memory, size)
 
     def _as_images(self, images: Any) -> torch.Tensor:
         x = torch.as_tensor(images)

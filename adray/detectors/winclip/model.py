@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from adray.backbones.open_clip import (
     run_transformer,
     supports_mixed_blocks,
 )
+from adray.detectors.moved import forward_moved
 from adray.detectors.winclip import scoring
 from adray.detectors.winclip.config import PRECISIONS, WinClipConfig
 from adray.detectors.winclip.prompts import clean_class_name, text_embeddings
@@ -43,6 +44,7 @@ __all__ = [
     "BF16_TOLERANCE",
     "CPU_CHUNK_TOKENS",
     "PRECISIONS",
+    "Encoded",
     "WinClipConfig",
     "autocast_dtypes",
     "class_text",
@@ -59,6 +61,28 @@ BF16_TOLERANCE = {"image_score": 1e-4, "anomaly_map": 1e-3}
 #: 32k-token chunks for the bf16 window passes on a 2-core AMX Xeon (results do not depend on chunking)
 CPU_CHUNK_TOKENS = 4096
 _TEXT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+class Encoded(NamedTuple):
+    """What scoring needs of N encoded images: ``image_emb [N, D]`` (full-image embeddings), ``patches
+    [N, P, W]`` (last-layer patch tokens, :func:`encode_images`) and ``windows {k: [N, n_k, D]}`` (window
+    embeddings per scale, :func:`window_embeddings`)."""
+
+    image_emb: torch.Tensor
+    patches: torch.Tensor
+    windows: Mapping[int, torch.Tensor]
+
+    def take(self, rows: slice | Sequence[int]) -> Encoded:
+        """The encodings of the images ``rows`` only."""
+        return Encoded(
+            self.image_emb[rows], self.patches[rows], {k: w[rows] for k, w in self.windows.items()}
+        )
+
+    def memory_rows(self) -> dict[str, torch.Tensor]:
+        """Per image, the rows a WinCLIP+ memory keeps of it, L2-normalised float32: ``{"patch": [N, P, W],
+        "window_<k>": [N, n_k, D]}`` (the paper's patch and window memories, §4.2)."""
+        rows = {"patch": self.patches, **{f"window_{k}": emb for k, emb in self.windows.items()}}
+        return {name: nn.functional.normalize(m.float(), dim=-1) for name, m in rows.items()}
 
 
 def encode_images(
@@ -108,18 +132,17 @@ def score_encoded(
     temperature: float,
     grid: tuple[int, int],
     scales: Sequence[int],
-    image_emb: torch.Tensor,
-    patches: torch.Tensor,
-    windows: Mapping[int, torch.Tensor],
+    encoded: Encoded,
     memory: Mapping[str, torch.Tensor],
     size: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image scores ``[N]``, maps ``[N, *size]``), float32 CPU, from encoded images (window scales
+    """(image scores ``[N]``, maps ``[N, *size]``), float32 CPU, from N ``encoded`` images (window scales
     ``scales``, patch ``grid``).
 
     ``text [2, D]``: normal / anomalous prompt embeddings; zero-shot: the image's language score and the
     harmonic aggregation of window scores per scale (paper eq. 2-4); with ``memory`` (WinCLIP+: ``patch``
     and ``window_<k>`` reference rows) the visual association maps are fused in (paper §4.2)."""
+    image_emb, patches, windows = encoded
     image_scores = scoring.class_scores(image_emb, text, temperature)
     scale_maps = [
         harmonic_aggregation(scoring.class_scores(windows[k], text, temperature), grid, k) for k in scales
@@ -212,11 +235,6 @@ def state_hash(model: nn.Module) -> str:
     return content_hash({}, dict(model.state_dict()))
 
 
-def __getattr__(name: str) -> Any:
-    """``WinClip`` / ``WinClipDetector`` from this module, their home before :mod:`.detector`: forwarded on
-    first use (the detector imports this module, so a module-level import here would be a cycle)."""
-    if name in ("WinClip", "WinClipDetector"):
-        import importlib
-
-        return getattr(importlib.import_module("adray.detectors.winclip.detector"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``WinClip`` / ``WinClipDetector`` (:mod:`.detector`'s ``__all__``), whose home this module was before:
+#: forwarded on first use
+__getattr__ = forward_moved(__name__, "adray.detectors.winclip.detector")
