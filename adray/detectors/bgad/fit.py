@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -298,16 +299,11 @@ def fit_normaliser(
 
 @torch.no_grad()
 def cached_image_scores(
-    model: BgadModel,
-    cache: FeatureCache,
-    idx: torch.Tensor,
-    normaliser: Normaliser,
-    *,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
+    model: BgadModel, cache: FeatureCache, idx: torch.Tensor, normaliser: Normaliser, **options: Any
 ) -> torch.Tensor:
-    """Image scores of cached items (same computation as :meth:`BgadDetector.score`)."""
-    return cached_scores_and_maps(model, cache, idx, normaliser, batch_size=batch_size, device=device)[0]
+    """Image scores ``[n]`` of cached items (same computation as :meth:`BgadDetector.score`): those of
+    :func:`cached_scores_and_maps`, whose keyword ``options`` (``batch_size``, ``device``) it takes."""
+    return cached_scores_and_maps(model, cache, idx, normaliser, **options)[0]
 
 
 @torch.no_grad()
