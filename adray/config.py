@@ -62,7 +62,8 @@ class Flag:
     ``store_true`` switch). ``type``: the argparse converter (default: the field's int / float type, none
     for text). ``parse``: turns the parsed value into the field's value (``KEY=VALUE`` pairs into a dict,
     ...). ``help``: only where the help must differ from the field's description. ``choices``: the
-    allowed values; ``True`` takes them from the field's ``Literal[...]`` type.
+    allowed values; ``True`` takes them from the field's ``Literal[...]`` type. ``aliases``: further
+    option strings of the same flag (``--results`` beside ``--output``).
     """
 
     option: str
@@ -74,6 +75,7 @@ class Flag:
     parse: Callable[[Any], Any] | None = None
     help: str | None = None
     choices: tuple[Any, ...] | bool | None = None
+    aliases: tuple[str, ...] = ()
 
 
 class Config(BaseModel):
@@ -173,7 +175,8 @@ def add_flags(parser: Any, model: type[BaseModel], names: Iterable[str]) -> None
                 kwargs["choices"] = _literal_values(field.annotation)
             elif flag.choices:
                 kwargs["choices"] = flag.choices
-        action = parser.add_argument(flag.option, **{k: v for k, v in kwargs.items() if v is not None})
+        options = (flag.option, *flag.aliases)
+        action = parser.add_argument(*options, **{k: v for k, v in kwargs.items() if v is not None})
         action.config_field = f"{model.__name__}.{name}"  # where its default lives (tests check this)
 
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ConfigDict, Field
 
 from adray import storage
+from adray.config import Config, Flag
 from adray.synthetic_render import (  # noqa: F401 - SCENE_WIDTH_MM re-exported
     _RENDER_2D,
     SCENE_WIDTH_MM,
@@ -44,6 +47,58 @@ CATEGORIES_3D = ("cookie", "potato")
 DEFECTS_2D = ("scratch", "hole", "stain", "missing")
 DEFECTS_3D = ("dent", "bump", "dent_3d_only", "bump_3d_only", "crack", "color")
 GOOD = "good"
+#: what a layout's generator writes when its :class:`SynthConfig` leaves categories / image size unset
+DEFAULT_CATEGORIES = {"mvtec": ("carpet", "bottle"), "mvtec3d": ("cookie",)}
+DEFAULT_IMAGE_SIZE = {"mvtec": 128, "mvtec3d": 64}
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    """``"carpet, nut"`` -> ``("carpet", "nut")``; nothing -> None (the flags' comma lists)."""
+    if not text:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip()) or None
+
+
+class SynthConfig(Config):
+    """What a synthetic dataset holds; also the dataset flags of ``adray synth``.
+
+    ``categories`` / ``image_size`` None: the layout's defaults (:data:`DEFAULT_CATEGORIES`,
+    :data:`DEFAULT_IMAGE_SIZE`). ``image_width`` and ``n_validation`` apply to the 3D layout only; counts
+    are per category (``n_test_per_defect`` per defect type). Items are seeded from ``seed`` and their own
+    place, so changing one count changes no other item.
+    """
+
+    model_config = ConfigDict(title="synthetic dataset")
+
+    image_size: Annotated[int | None, Flag("--size", dest="size")] = Field(
+        None,
+        description=f"image size (default {DEFAULT_IMAGE_SIZE['mvtec']} for 2D, "
+        f"{DEFAULT_IMAGE_SIZE['mvtec3d']} for 3D)",
+    )
+    image_width: Annotated[int | None, Flag("--width", dest="width")] = Field(
+        None,
+        description="3D layout only: scan width for non-square scans (--size is then the height; default: "
+        "square)",
+    )
+    seed: Annotated[int, Flag("--seed")] = 0
+    categories: Annotated[tuple[str, ...] | None, Flag("--categories", parse=_names)] = Field(
+        None,
+        description=f"comma-separated categories (2D: {','.join(CATEGORIES_2D)}; 3D: {','.join(CATEGORIES_3D)})",
+    )
+    defects: Annotated[tuple[str, ...] | None, Flag("--defects", parse=_names)] = Field(
+        None, description="comma-separated defect types (default: all)"
+    )
+    n_train: Annotated[int, Flag("--n-train")] = 8
+    n_validation: Annotated[int, Flag("--n-validation")] = Field(4, description="3D layout only")
+    n_test_good: Annotated[int, Flag("--n-test-good")] = 4
+    n_test_per_defect: Annotated[int, Flag("--n-test-per-defect")] = 3
+
+    def for_layout(self, layout: str) -> SynthConfig:
+        """This config with the layout's default categories / image size where it leaves them unset."""
+        return self.replace(
+            categories=DEFAULT_CATEGORIES[layout] if self.categories is None else self.categories,
+            image_size=DEFAULT_IMAGE_SIZE[layout] if self.image_size is None else self.image_size,
+        )
 
 
 @dataclass
@@ -127,32 +182,26 @@ def make_xyz_sample(
     return _to_uint8(rgb), xyz, mask
 
 
-def generate_mvtec_ad(
-    url: str,
-    *,
-    categories: tuple[str, ...] | list[str] = ("carpet", "bottle"),
-    image_size: int = 128,
-    n_train: int = 8,
-    n_test_good: int = 4,
-    n_test_per_defect: int = 3,
-    defects: tuple[str, ...] | list[str] | None = None,
-    seed: int = 0,
-) -> SynthSummary:
+def generate_mvtec_ad(url: str, config: SynthConfig | None = None, **settings: Any) -> SynthSummary:
     """Write an MVTec AD-layout dataset under ``url`` (local path or any storage URL).
 
-    ``<cat>/train/good/000.png``, ``<cat>/test/{good,<defect>}/000.png``,
-    ``<cat>/ground_truth/<defect>/000_mask.png`` (0/255). ``defects`` (default: all that apply) is
-    intersected with what each category supports (``missing`` is skipped for textures).
+    ``config`` (default ``SynthConfig()``) with ``settings`` (its field names: ``categories``,
+    ``image_size``, ``n_train``, ``n_test_good``, ``n_test_per_defect``, ``defects``, ``seed``) on top;
+    unset categories / size: ``("carpet", "bottle")`` at 128 px. Writes ``<cat>/train/good/000.png``,
+    ``<cat>/test/{good,<defect>}/000.png``, ``<cat>/ground_truth/<defect>/000_mask.png`` (0/255).
+    ``defects`` (default: all that apply) is intersected with what each category supports (``missing`` is
+    skipped for textures). Raises ``ValueError`` for unknown names, ``ConfigError`` for unknown settings.
     """
+    cfg = (config or SynthConfig()).replace(**settings).for_layout("mvtec")
     summary = SynthSummary(root=url, layout="mvtec")
-    for category in categories:
-        kinds = _select_defects(category, defects, CATEGORIES_2D)
-        jobs = [("train", GOOD, i) for i in range(n_train)]
-        jobs += [("test", GOOD, i) for i in range(n_test_good)]
-        jobs += [("test", d, i) for d in kinds for i in range(n_test_per_defect)]
+    for category in cfg.categories:
+        kinds = _select_defects(category, cfg.defects, CATEGORIES_2D)
+        jobs = [("train", GOOD, i) for i in range(cfg.n_train)]
+        jobs += [("test", GOOD, i) for i in range(cfg.n_test_good)]
+        jobs += [("test", d, i) for d in kinds for i in range(cfg.n_test_per_defect)]
         for split, defect, i in jobs:
-            rng = _item_rng(seed, category, split, defect, i)
-            image, mask = make_rgb_sample(category, defect, image_size, rng)
+            rng = _item_rng(cfg.seed, category, split, defect, i)
+            image, mask = make_rgb_sample(category, defect, cfg.image_size, rng)
             _put(summary, storage.join_url(url, category, split, defect, f"{i:03d}.png"), _png(image))
             if defect != GOOD:
                 key = storage.join_url(url, category, "ground_truth", defect, f"{i:03d}_mask.png")
@@ -161,35 +210,26 @@ def generate_mvtec_ad(
     return summary
 
 
-def generate_mvtec_3d(
-    url: str,
-    *,
-    categories: tuple[str, ...] | list[str] = ("cookie",),
-    image_size: int = 64,
-    image_width: int | None = None,
-    n_train: int = 8,
-    n_validation: int = 4,
-    n_test_good: int = 4,
-    n_test_per_defect: int = 3,
-    defects: tuple[str, ...] | list[str] | None = None,
-    seed: int = 0,
-) -> SynthSummary:
+def generate_mvtec_3d(url: str, config: SynthConfig | None = None, **settings: Any) -> SynthSummary:
     """Write an MVTec 3D-AD-layout dataset under ``url``.
 
+    ``config`` / ``settings`` as for :func:`generate_mvtec_ad`, plus ``image_width`` and ``n_validation``;
+    unset categories / size: ``("cookie",)`` at 64 px. Writes
     ``<cat>/{train,validation,test}/<defect|good>/{rgb/000.png, xyz/000.tiff, gt/000.png}``; xyz is a
     float32 ``[H, W, 3]`` TIFF (tifffile), gt a 0/255 PNG (all zero for good items, as in MVTec 3D-AD).
     ``H = image_size``, ``W = image_width`` (default: square); see :func:`make_xyz_sample`.
     """
+    cfg = (config or SynthConfig()).replace(**settings).for_layout("mvtec3d")
     summary = SynthSummary(root=url, layout="mvtec3d")
-    for category in categories:
-        kinds = _select_defects(category, defects, CATEGORIES_3D)
-        jobs = [("train", GOOD, i) for i in range(n_train)]
-        jobs += [("validation", GOOD, i) for i in range(n_validation)]
-        jobs += [("test", GOOD, i) for i in range(n_test_good)]
-        jobs += [("test", d, i) for d in kinds for i in range(n_test_per_defect)]
+    for category in cfg.categories:
+        kinds = _select_defects(category, cfg.defects, CATEGORIES_3D)
+        jobs = [("train", GOOD, i) for i in range(cfg.n_train)]
+        jobs += [("validation", GOOD, i) for i in range(cfg.n_validation)]
+        jobs += [("test", GOOD, i) for i in range(cfg.n_test_good)]
+        jobs += [("test", d, i) for d in kinds for i in range(cfg.n_test_per_defect)]
         for split, defect, i in jobs:
-            rng = _item_rng(seed, category, split, defect, i)
-            rgb, xyz, mask = make_xyz_sample(category, defect, image_size, rng, image_width)
+            rng = _item_rng(cfg.seed, category, split, defect, i)
+            rgb, xyz, mask = make_xyz_sample(category, defect, cfg.image_size, rng, cfg.image_width)
             folder = storage.join_url(url, category, split, defect)
             _put(summary, storage.join_url(folder, "rgb", f"{i:03d}.png"), _png(rgb))
             _put(summary, storage.join_url(folder, "xyz", f"{i:03d}.tiff"), _tiff(xyz))

@@ -16,9 +16,14 @@ import argparse
 import logging
 import os
 import time
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
 
 from adray import storage
+from adray.config import Config, Flag, add_flags, flag_values
 from adray.pipeline.cluster import add_address_argument
+from adray.synthetic import DEFAULT_IMAGE_SIZE, SynthConfig, generate_mvtec_ad
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +40,46 @@ ORDER BY category
 """
 
 
+#: the demo archive's counts per category (its categories, size and seed come from the flags)
+DEMO_ARCHIVE = SynthConfig(n_train=4, n_test_good=4, n_test_per_defect=2)
+#: WinCLIP's scoring batch in the demo
+DEMO_BATCH_SIZE = 4
+
+
+class DemoConfig(Config):
+    """The flags of ``adray demo`` (``--address``: :func:`adray.pipeline.cluster.add_address_argument`)."""
+
+    model_config = ConfigDict(title="demo configuration")
+
+    output: Annotated[str, Flag("--output")] = Field(
+        "demo_out", description="where the demo writes (local path or s3://...)"
+    )
+    weights: Annotated[str, Flag("--weights")] = Field(
+        "auto", description="auto (pretrained if cached, else random), pretrained, random, or a weights file"
+    )
+    model: Annotated[str, Flag("--model")] = Field(
+        "auto",
+        description="open_clip model for WinCLIP; auto = ViT-B-16-plus-240 when its pretrained weights are "
+        "cached, else the tiny random config adray-tiny-clip (same code paths, seconds instead of minutes "
+        "on a CPU)",
+    )
+    categories: Annotated[str, Flag("--categories")] = Field(
+        "bottle,carpet", description="synthetic categories to generate"
+    )
+    size: Annotated[int, Flag("--size")] = Field(
+        DEFAULT_IMAGE_SIZE["mvtec"], description="synthetic image size in pixels"
+    )
+    seed: Annotated[int, Flag("--seed")] = Field(
+        DEMO_ARCHIVE.seed, description="seed of the synthetic archive"
+    )
+    run_id: Annotated[str | None, Flag("--run-id")] = Field(
+        None, description="pin the run id (default: from the time)"
+    )
+    address: str | None = None  # Ray cluster; flag: cluster.add_address_argument
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default="demo_out", help="where the demo writes (local path or s3://...)")
-    parser.add_argument(
-        "--weights",
-        default="auto",
-        help="auto (pretrained if cached, else random), pretrained, random, or a weights file",
-    )
-    parser.add_argument(
-        "--model",
-        default="auto",
-        help="open_clip model for WinCLIP; auto = ViT-B-16-plus-240 when its pretrained weights are cached, "
-        "else the tiny random config adray-tiny-clip (same code paths, seconds instead of minutes on a CPU)",
-    )
-    parser.add_argument("--categories", default="bottle,carpet", help="synthetic categories to generate")
-    parser.add_argument("--size", type=int, default=128, help="synthetic image size in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
-    parser.add_argument("--run-id", default=None, help="pin the run id (default: from the time)")
+    add_flags(parser, DemoConfig, ("output", "weights", "model", "categories", "size", "seed", "run_id"))
     add_address_argument(parser)
 
 
@@ -87,23 +115,17 @@ def run(args: argparse.Namespace) -> int:
     from adray.catalog import catalog_to
     from adray.pipeline import ScoreConfig, score_archive
     from adray.pipeline.query import connect, format_result
-    from adray.synthetic import generate_mvtec_ad
 
+    cfg = DemoConfig(**flag_values(DemoConfig, args), address=args.address)
     t0 = time.perf_counter()
-    archive = storage.join_url(args.output, "archive")
-    manifest = storage.join_url(args.output, "manifest.parquet")
-    scores = storage.join_url(args.output, "scores")
-    categories = tuple(c.strip() for c in args.categories.split(",") if c.strip())
+    archive = storage.join_url(cfg.output, "archive")
+    manifest = storage.join_url(cfg.output, "manifest.parquet")
+    scores = storage.join_url(cfg.output, "scores")
+    categories = tuple(c.strip() for c in cfg.categories.split(",") if c.strip())
 
     print(f"[1/4] generating a synthetic MVTec AD archive in {archive}")
     synth = generate_mvtec_ad(
-        archive,
-        categories=categories,
-        image_size=args.size,
-        n_train=4,
-        n_test_good=4,
-        n_test_per_defect=2,
-        seed=args.seed,
+        archive, DEMO_ARCHIVE, categories=categories, image_size=cfg.size, seed=cfg.seed
     )
     print(synth.to_text())
 
@@ -111,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     report = catalog_to(archive, manifest)
     print(report.summary())
 
-    weights, model, note = resolve_demo_model(args.weights, args.model)
+    weights, model, note = resolve_demo_model(cfg.weights, cfg.model)
     print(f"\n[3/4] scoring the test split with WinCLIP zero-shot on Ray: {note}")
     plugins = ["adray.backbones.open_clip:register_tiny_clip"] if model.startswith("adray-tiny") else []
     config = ScoreConfig(
@@ -119,11 +141,11 @@ def run(args: argparse.Namespace) -> int:
         output=scores,
         detectors=["winclip"],
         weights=weights,
-        run_id=args.run_id,
+        run_id=cfg.run_id,
         detector_options={"model_name": model},
-        batch_size=4,
+        batch_size=DEMO_BATCH_SIZE,
         plugins=plugins,
-        address=args.address,
+        address=cfg.address,
     )
     summary = score_archive(config)
     print(summary.format_table())

@@ -18,19 +18,17 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from adray.config import Config, Flag, add_flags, flag_values
+from adray.commands.plan import PlanInputConfig
+from adray.config import Flag, add_flags, flag_values
 
 
-class FitConfig(Config):
-    """The flags of ``adray fit``."""
+class FitConfig(PlanInputConfig):
+    """The flags of ``adray fit`` (``--input`` and ``--rules`` as ``adray plan``'s)."""
 
     model_config = ConfigDict(title="fit configuration")
 
     detector: Annotated[Literal["auto"], Flag("--detector")] = Field(
         "auto", description="auto: fit what the plan calls for per category (the only choice so far)"
-    )
-    input: Annotated[str, Flag("--input")] = Field(
-        description="dataset prefix with a known layout, or a manifest URI (.parquet/.csv/.jsonl)"
     )
     output: Annotated[str, Flag("--output", metavar="ROOT")] = Field(
         description="results root: its labels count, artifacts go to ROOT/models/, registrations to "
@@ -39,28 +37,25 @@ class FitConfig(Config):
     categories: Annotated[list[str] | None, Flag("--category", metavar="NAME", repeatable=True)] = Field(
         None, description="fit only this category (repeatable)"
     )
-    rules: Annotated[str | None, Flag("--rules", metavar="FILE.json")] = Field(
-        None, description="JSON object overriding the ladder's thresholds (see adray.strategy.rules)"
-    )
     bgad_args: Annotated[str, Flag("--bgad-args", metavar="FLAGS")] = Field(
         "", description='flags of `adray fit-bgad` for BGAD fits, as one string (e.g. "--workers 2")'
     )
     m3dm_args: Annotated[str, Flag("--m3dm-args", metavar="FLAGS")] = Field(
         "", description='flags of `adray build-m3dm` for M3DM builds, as one string (e.g. "--workers 2")'
     )
-    force: bool = Field(False, description="fit even when the registered model was fitted on the same items")
+    force: Annotated[bool, Flag("--force")] = Field(
+        False, description="fit even when the registered model was fitted on the same items"
+    )
     address: str | None = None  # Ray cluster; flag: cluster.add_address_argument
 
 
-FLAGS = ("detector", "input", "output", "categories", "rules", "bgad_args", "m3dm_args")
+FLAGS = ("detector", "input", "output", "categories", "rules", "bgad_args", "m3dm_args", "force")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from adray.pipeline.cluster import add_address_argument
 
     add_flags(parser, FitConfig, FLAGS)
-    force = FitConfig.model_fields["force"].description
-    parser.add_argument("--force", action="store_true", help=force)  # a switch: add_flags has no store_true
     add_address_argument(parser)
 
 
@@ -71,17 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from adray.strategy.plan import plan_inventory, plan_table, plan_url, write_plan
     from adray.strategy.rules import load_rules
 
-    cfg = FitConfig(**flag_values(FitConfig, args), address=args.address, force=args.force)
+    cfg = FitConfig(**flag_values(FitConfig, args), address=args.address)
     rules = load_rules(cfg.rules)
     root = storage.absolute_url(cfg.output)
     input_uri = storage.absolute_url(cfg.input)
     manifest = read_manifest_table(input_uri)
     labels = _latest_labels(root)
     inventory = inventory_from_tables(manifest, labels, input_uri=input_uri, labels_root=root)
-    if cfg.categories:
-        known = {c.category for c in inventory.categories}
-        inventory.notes += [f"category {c!r} is not in the input" for c in cfg.categories if c not in known]
-        inventory.categories = [c for c in inventory.categories if c.category in cfg.categories]
+    inventory.keep_categories(cfg.categories)
     plan = plan_inventory(inventory, rules)
     print(plan_table(plan))
     print(f"plan written: {storage.redact_url(write_plan(plan, plan_url(root)))}")

@@ -9,24 +9,31 @@ all or nothing (see :mod:`adray.labels`); a bad file is one error naming its row
 from __future__ import annotations
 
 import argparse
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+from adray.commands.query import QueryConfig
+from adray.config import Flag, add_flags, flag_values
+
+
+class LabelsListConfig(QueryConfig):
+    """The flags of ``adray labels list``: the results root and row limit of ``adray query``, and ``--all``."""
+
+    model_config = ConfigDict(title="labels list configuration")
+
+    all: Annotated[bool, Flag("--all")] = Field(
+        False, description="every imported row, newest first (the audit trail)"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     imp = sub.add_parser("import", help="append a labels file (CSV or Parquet) to ROOT/labels/")
     imp.add_argument("file", metavar="FILE", help="labels file: *.csv or *.parquet, any storage URL")
+    add_flags(imp, QueryConfig, ("output",))
     ls = sub.add_parser("list", help="print the latest label per item")
-    ls.add_argument("--all", action="store_true", help="every imported row, newest first (the audit trail)")
-    ls.add_argument("--max-rows", type=int, default=50, help="print at most this many rows")
-    for p in (imp, ls):
-        p.add_argument(
-            "--output",
-            "--results",
-            dest="output",
-            required=True,
-            metavar="ROOT",
-            help="results root written by adray score (local path or s3://...)",
-        )
+    add_flags(ls, LabelsListConfig, ("all", "max_rows", "output"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,11 +58,12 @@ def _import(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from adray.pipeline.query import connect, format_result
 
-    con = connect(args.output)
+    cfg = LabelsListConfig(**flag_values(LabelsListConfig, args))
+    con = connect(cfg.output)
     cols = "item_id, uri, label, defect_type, mask_uri, labelled_by, labelled_at"
-    if args.all:
+    if cfg.all:
         sql = f"SELECT {cols}, import_id FROM labels ORDER BY labelled_at DESC, imported_at DESC"
     else:
         sql = f"SELECT {cols} FROM latest_labels ORDER BY labelled_at DESC, item_id"
-    print(format_result(con.sql(sql), max_rows=args.max_rows))
+    print(format_result(con.sql(sql), max_rows=cfg.max_rows))
     return 0

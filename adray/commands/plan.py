@@ -15,21 +15,26 @@ from pydantic import ConfigDict, Field
 from adray.config import Config, Flag, add_flags, flag_values
 
 
-class PlanConfig(Config):
-    """The flags of ``adray plan``."""
-
-    model_config = ConfigDict(title="plan configuration")
+class PlanInputConfig(Config):
+    """What ``adray plan`` and ``adray fit`` both read: the input and the ladder's rules."""
 
     input: Annotated[str, Flag("--input")] = Field(
         description="dataset prefix with a known layout, or a manifest URI (.parquet/.csv/.jsonl)"
     )
+    rules: Annotated[str | None, Flag("--rules", metavar="FILE.json")] = Field(
+        None, description="JSON object overriding the ladder's thresholds (see adray.strategy.rules)"
+    )
+
+
+class PlanConfig(PlanInputConfig):
+    """The flags of ``adray plan``."""
+
+    model_config = ConfigDict(title="plan configuration")
+
     output: Annotated[str | None, Flag("--output", metavar="ROOT")] = Field(
         None,
         description="results root: its labels count (latest per item) and the plan is written under "
         "ROOT/plans/ (default: no labels, nothing written there)",
-    )
-    rules: Annotated[str | None, Flag("--rules", metavar="FILE.json")] = Field(
-        None, description="JSON object overriding the ladder's thresholds (see adray.strategy.rules)"
     )
     json_path: Annotated[str | None, Flag("--json", metavar="PATH")] = Field(
         None, description="also write the plan as JSON here (any storage URL)"
@@ -52,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PlanConfig(**flag_values(PlanConfig, args))
     rules = load_rules(cfg.rules)  # before reading the archive: a bad rules file fails fast
     inventory = build_inventory(cfg.input, cfg.output)
-    if cfg.categories:
-        known = {c.category for c in inventory.categories}
-        inventory.notes += [f"category {c!r} is not in the input" for c in cfg.categories if c not in known]
-        inventory.categories = [c for c in inventory.categories if c.category in cfg.categories]
+    inventory.keep_categories(cfg.categories)
     plan = plan_inventory(inventory, rules)
     print(plan_table(plan))
     for url in ([cfg.json_path] if cfg.json_path else []) + ([plan_url(cfg.output)] if cfg.output else []):

@@ -8,31 +8,40 @@ item and detector), ``labels`` and ``latest_labels`` (imported labels; the lates
 from __future__ import annotations
 
 import argparse
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+from adray.config import Config, Flag, add_flags, flag_values
+
+
+class QueryConfig(Config):
+    """The flags of ``adray query`` (``--output`` and ``--max-rows`` also serve ``adray labels``)."""
+
+    model_config = ConfigDict(title="query configuration")
+
+    output: Annotated[str, Flag("--output", aliases=("--results",), metavar="ROOT")] = Field(
+        description="results root written by adray score (local path or s3://...)"
+    )
+    max_rows: Annotated[int, Flag("--max-rows")] = Field(50, description="print at most this many rows")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sql", nargs="?", default=None, help="SQL over results, runs, latest_scores, labels, latest_labels"
     )
-    parser.add_argument(
-        "--output",
-        "--results",
-        dest="output",
-        required=True,
-        metavar="ROOT",
-        help="results root written by adray score (local path or s3://...)",
-    )
-    parser.add_argument("--max-rows", type=int, default=50, help="print at most this many rows")
+    add_flags(parser, QueryConfig, ("output", "max_rows"))
 
 
 def run(args: argparse.Namespace) -> int:
     from adray.pipeline.query import connect, format_result
 
-    con = connect(args.output)
+    cfg = QueryConfig(**flag_values(QueryConfig, args))
+    con = connect(cfg.output)
     if not args.sql:
         for view in ("results", "latest_scores", "runs", "labels", "latest_labels", "models"):
             cols = con.execute(f"DESCRIBE {view}").fetchall()
             print(f"{view}: " + ", ".join(f"{c[0]} {c[1]}" for c in cols))
         return 0
-    print(format_result(con.sql(args.sql), max_rows=args.max_rows))
+    print(format_result(con.sql(args.sql), max_rows=cfg.max_rows))
     return 0

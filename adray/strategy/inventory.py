@@ -12,6 +12,7 @@ rows are counted apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,6 +75,15 @@ class Inventory:
     n_labels: int = 0
     n_labels_unmatched: int = 0  # latest labels of items this manifest does not hold
     notes: list[str] = field(default_factory=list)
+
+    def keep_categories(self, names: Sequence[str] | None) -> None:
+        """Keep only the categories ``names`` (in place; None or empty keeps all); each name the input
+        does not hold becomes a note (``adray plan`` / ``adray fit`` ``--category``)."""
+        if not names:
+            return
+        known = {c.category for c in self.categories}
+        self.notes += [f"category {c!r} is not in the input" for c in names if c not in known]
+        self.categories = [c for c in self.categories if c.category in names]
 
     def to_dict(self) -> dict[str, Any]:
         return {
