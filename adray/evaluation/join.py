@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,24 +80,36 @@ class JoinReport:
         return dict(self.__dict__)
 
 
+def latest_rows(
+    results_root: str,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    *,
+    run_ids: list[str] | None = None,
+    detectors: list[str] | None = None,
+    where: Sequence[str] = (),
+) -> pd.DataFrame:
+    """``columns`` of the latest committed row (newest ``scored_at``, then ``run_id``) per ``keys`` among
+    the results of ``run_ids`` and ``detectors`` (None or empty: all) that meet the SQL conditions
+    ``where``."""
+    conditions, params = list(where), []
+    for column, values in (("run_id", run_ids), ("detector", detectors)):
+        if values:
+            conditions.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params += values
+    sql = (
+        f"SELECT {', '.join(columns)} FROM results {'WHERE ' + ' AND '.join(conditions) if conditions else ''} "
+        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY scored_at DESC, run_id DESC) = 1"
+    )
+    return connect(results_root).execute(sql, params).fetch_df()
+
+
 def load_results(
     results_root: str, run_ids: list[str] | None = None, detectors: list[str] | None = None
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Latest committed row per ``(item_id, detector)`` and the run records those rows come from."""
-    con = connect(results_root)
-    where, params = [], []
-    if run_ids:
-        where.append(f"run_id IN ({', '.join('?' for _ in run_ids)})")
-        params += run_ids
-    if detectors:
-        where.append(f"detector IN ({', '.join('?' for _ in detectors)})")
-        params += detectors
-    cols = ", ".join(RESULT_COLUMNS)
-    sql = (
-        f"SELECT {cols} FROM results {'WHERE ' + ' AND '.join(where) if where else ''} "
-        "QUALIFY row_number() OVER (PARTITION BY item_id, detector ORDER BY scored_at DESC, run_id DESC) = 1"
-    )
-    df = con.execute(sql, params).fetch_df()
+    keys = ("item_id", "detector")
+    df = latest_rows(results_root, RESULT_COLUMNS, keys, run_ids=run_ids, detectors=detectors)
     used = set(df["run_id"].unique()) if len(df) else set()
     records = [r for r in ResultsStore(results_root).run_records() if r.get("run_id") in used]
     return df, records

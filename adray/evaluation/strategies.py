@@ -24,8 +24,7 @@ from typing import Any
 import pandas as pd
 
 from adray import storage
-from adray.evaluation.join import RESULT_COLUMNS
-from adray.pipeline.query import connect
+from adray.evaluation.join import RESULT_COLUMNS, latest_rows
 from adray.pipeline.results_store import ResultsStore
 from adray.strategy.plan import PLANS_DIR
 
@@ -39,19 +38,10 @@ def load_strategy_results(
     """The latest committed row per ``(item_id, detector, strategy)`` among rows with a ``strategy``
     (the columns of :data:`~adray.evaluation.join.RESULT_COLUMNS` plus ``strategy``); empty when no run
     used ``--detector auto``."""
-    where, params = ["strategy IS NOT NULL"], []
-    if run_ids:
-        where.append(f"run_id IN ({', '.join('?' for _ in run_ids)})")
-        params += run_ids
-    if detectors:
-        where.append(f"detector IN ({', '.join('?' for _ in detectors)})")
-        params += detectors
-    sql = (
-        f"SELECT {', '.join(RESULT_COLUMNS)}, strategy FROM results WHERE {' AND '.join(where)} "
-        "QUALIFY row_number() OVER (PARTITION BY item_id, detector, strategy "
-        "ORDER BY scored_at DESC, run_id DESC) = 1"
+    columns, keys = (*RESULT_COLUMNS, "strategy"), ("item_id", "detector", "strategy")
+    return latest_rows(
+        results_root, columns, keys, run_ids=run_ids, detectors=detectors, where=["strategy IS NOT NULL"]
     )
-    return connect(results_root).execute(sql, params).fetch_df()
 
 
 def latest_plan(results_root: str) -> tuple[str | None, dict[str, Any] | None]:
