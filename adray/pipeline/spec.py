@@ -24,12 +24,15 @@ from pydantic import ConfigDict, Field, field_validator
 
 from adray import storage
 from adray.config import Config, Flag, flag_values, parse_env, parse_options
+from adray.detectors import thresholds as decisions
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 #: Ray's job supervisor passes the submission id to the entrypoint in this variable's JSON.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: ``--weights`` values that name no file
 WEIGHT_KEYWORDS = ("pretrained", "random", "auto")
+#: a false-positive rate: from 0 to 1
+Rate = Annotated[float, Field(ge=0, le=1)]
 
 
 def _bit_depth(text: str) -> int | None:
@@ -219,17 +222,13 @@ class ScoreConfig(Config):
         "OMP_WAIT_POLICY=PASSIVE unless this or the driver's environment sets it",
     )
     # decisions: the rates of thresholds placed at scoring time (WinCLIP+ on its references), pixel size
-    target_fpr: Annotated[float, Flag("--target-fpr")] = Field(
-        0.05,
-        ge=0,
-        le=1,
+    target_fpr: Annotated[Rate, Flag("--target-fpr")] = Field(
+        decisions.DEFAULT_TARGET_FPR,
         description="false-positive rate of thresholds calibrated at scoring time: WinCLIP+ (--shots >= 2) "
         "on leave-one-out scores of its references (default: %(default)s). Fitted artifacts keep theirs",
     )
-    target_pixel_fpr: Annotated[float, Flag("--target-pixel-fpr")] = Field(
-        0.01,
-        ge=0,
-        le=1,
+    target_pixel_fpr: Annotated[Rate, Flag("--target-pixel-fpr")] = Field(
+        decisions.DEFAULT_TARGET_PIXEL_FPR,
         description="pixel false-positive rate of the pixel threshold calibrated at scoring time, which "
         "sets the defect regions (default: %(default)s)",
     )
