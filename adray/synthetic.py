@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -194,13 +195,9 @@ def generate_mvtec_ad(url: str, config: SynthConfig | None = None, **settings: A
     """
     cfg = (config or SynthConfig()).replace(**settings).for_layout("mvtec")
     summary = SynthSummary(root=url, layout="mvtec")
+    goods = (("train", cfg.n_train), ("test", cfg.n_test_good))
     for category in cfg.categories:
-        kinds = _select_defects(category, cfg.defects, CATEGORIES_2D)
-        jobs = [("train", GOOD, i) for i in range(cfg.n_train)]
-        jobs += [("test", GOOD, i) for i in range(cfg.n_test_good)]
-        jobs += [("test", d, i) for d in kinds for i in range(cfg.n_test_per_defect)]
-        for split, defect, i in jobs:
-            rng = _item_rng(cfg.seed, category, split, defect, i)
+        for split, defect, i, rng in _items(cfg, category, CATEGORIES_2D, goods):
             image, mask = make_rgb_sample(category, defect, cfg.image_size, rng)
             _put(summary, storage.join_url(url, category, split, defect, f"{i:03d}.png"), _png(image))
             if defect != GOOD:
@@ -221,14 +218,9 @@ def generate_mvtec_3d(url: str, config: SynthConfig | None = None, **settings: A
     """
     cfg = (config or SynthConfig()).replace(**settings).for_layout("mvtec3d")
     summary = SynthSummary(root=url, layout="mvtec3d")
+    goods = (("train", cfg.n_train), ("validation", cfg.n_validation), ("test", cfg.n_test_good))
     for category in cfg.categories:
-        kinds = _select_defects(category, cfg.defects, CATEGORIES_3D)
-        jobs = [("train", GOOD, i) for i in range(cfg.n_train)]
-        jobs += [("validation", GOOD, i) for i in range(cfg.n_validation)]
-        jobs += [("test", GOOD, i) for i in range(cfg.n_test_good)]
-        jobs += [("test", d, i) for d in kinds for i in range(cfg.n_test_per_defect)]
-        for split, defect, i in jobs:
-            rng = _item_rng(cfg.seed, category, split, defect, i)
+        for split, defect, i, rng in _items(cfg, category, CATEGORIES_3D, goods):
             rgb, xyz, mask = make_xyz_sample(category, defect, cfg.image_size, rng, cfg.image_width)
             folder = storage.join_url(url, category, split, defect)
             _put(summary, storage.join_url(folder, "rgb", f"{i:03d}.png"), _png(rgb))
@@ -250,6 +242,19 @@ def _check_size(size: int) -> int:
 def _split_rng(rng: np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
     base_seed, defect_seed = rng.integers(0, 2**63 - 1, size=2)
     return np.random.default_rng(int(base_seed)), np.random.default_rng(int(defect_seed))
+
+
+def _items(
+    cfg: SynthConfig, category: str, known: tuple[str, ...], goods: Iterable[tuple[str, int]]
+) -> Iterator[tuple[str, str, int, np.random.Generator]]:
+    """``(split, defect, index, rng)`` of every item of ``category`` in writing order: ``count`` good items
+    per ``(split, count)`` of ``goods``, then ``n_test_per_defect`` test items per defect type that
+    applies; each item's generator seeded by its own name (:func:`_item_rng`)."""
+    kinds = _select_defects(category, cfg.defects, known)
+    jobs = [(split, GOOD, i) for split, count in goods for i in range(count)]
+    jobs += [("test", d, i) for d in kinds for i in range(cfg.n_test_per_defect)]
+    for split, defect, i in jobs:
+        yield split, defect, i, _item_rng(cfg.seed, category, split, defect, i)
 
 
 def _item_rng(seed: int, category: str, split: str, defect: str, index: int) -> np.random.Generator:
