@@ -2,7 +2,7 @@
 
 Every place that turns a manifest row into pixels goes through here: the scoring pipeline's decode stage
 (:mod:`adray.pipeline.decode`, which reads a batch's bytes on threads with :func:`read_item_bytes` and
-decodes them with :func:`decode_item`), the fit jobs (BGAD's training images and masks, M3DM's bank and
+decodes them with :func:`decode_read`), the fit jobs (BGAD's training images and masks, M3DM's bank and
 decision-fusion items), WinCLIP+'s reference images and the benchmarks (:func:`read_sample`, both halves
 in one call). So an item that scores also fits, and a bad item gets the same verdict everywhere.
 
@@ -203,6 +203,45 @@ def decode_item(
     return sample
 
 
+def decode_read(
+    read: ItemBytes,
+    *,
+    uri: str,
+    pc_uri: Any = None,
+    want_xyz: bool = False,
+    declared_bit_depth: Any = None,
+    bit_depth: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> Sample:
+    """Decode an item's bytes as :func:`read_item_bytes` read them into a :class:`Sample`; never raises for
+    a bad item. The second half of :func:`read_sample`, and what the decode stage does with each read.
+
+    The image's read problem fails the sample undecoded. ``declared_bit_depth`` (the row's ``bit_depth``
+    cell, :func:`item_bit_depth`) wins over ``bit_depth``; one that is not an integer from 1 to 16 is
+    ``unsupported``. With ``want_xyz`` the point cloud is decoded too, unless its read failed: that problem
+    fails only ``xyz``. ``uri`` / ``pc_uri`` and the limits as for :func:`decode_item`."""
+    if "rgb" in read.problems:
+        return Sample(uri=uri).fail("rgb", read.problems["rgb"])
+    try:
+        bits = item_bit_depth(declared_bit_depth, bit_depth)
+    except ValueError as e:
+        return Sample(uri=uri).fail("rgb", ("unsupported", f"{uri}: {e}"))
+    sample = decode_item(
+        read.image,
+        read.cloud,
+        uri=uri,
+        pc_uri=pc_uri,
+        want_xyz=want_xyz and "xyz" not in read.problems,
+        max_pixels=max_pixels,
+        max_points=max_points,
+        bit_depth=bits,
+    )
+    if "xyz" in read.problems:
+        sample.fail("xyz", read.problems["xyz"])
+    return sample
+
+
 def read_sample(
     row: Mapping[str, Any],
     *,
@@ -231,25 +270,16 @@ def read_sample(
     want_xyz = "xyz" in modalities
     pc_uri = row.get("pc_uri") if want_xyz else None
     read = read_item_bytes(str(row.get("uri")), pc_uri, allow_prefixes=allow_prefixes, attempts=attempts)
-    if "rgb" in read.problems:
-        return Sample(uri=shown).fail("rgb", read.problems["rgb"])
-    try:
-        bits = item_bit_depth(row.get(BIT_DEPTH_COLUMN), bit_depth)
-    except ValueError as e:
-        return Sample(uri=shown).fail("rgb", ("unsupported", f"{shown}: {e}"))
-    shown_pc = storage.redact_url(pc_uri) if pc_uri else pc_uri
-    sample = decode_item(
-        read.image,
-        read.cloud,
+    sample = decode_read(
+        read,
         uri=shown,
-        pc_uri=shown_pc,
-        want_xyz=want_xyz and "xyz" not in read.problems,
+        pc_uri=storage.redact_url(pc_uri) if pc_uri else pc_uri,
+        want_xyz=want_xyz,
+        declared_bit_depth=row.get(BIT_DEPTH_COLUMN),
+        bit_depth=bit_depth,
         max_pixels=max_pixels,
         max_points=max_points,
-        bit_depth=bits,
     )
-    if "xyz" in read.problems:
-        sample.fail("xyz", read.problems["xyz"])
     if mask and sample.ok and row.get("gt_mask_uri"):
         _read_mask(sample, str(row["gt_mask_uri"]), max_pixels, allow_prefixes, attempts)
     return sample

@@ -46,6 +46,7 @@ from adray.io.samples import (
     Problem,
     Sample,
     decode_item,
+    decode_read,
     item_bit_depth,
     read_item_bytes,
 )
@@ -88,6 +89,19 @@ class _Decode:
     max_pixels: int
     max_points: int
     bit_depth: int | None
+
+    def decode(self, read: ItemBytes, uri: str, pc_uri: Any, want_xyz: bool, bit_depth_cell: Any) -> Sample:
+        """One item's read, decoded with this task's limits and bit depth (:func:`decode_read`)."""
+        return decode_read(
+            read,
+            uri=uri,
+            pc_uri=pc_uri,
+            want_xyz=want_xyz,
+            declared_bit_depth=bit_depth_cell,
+            bit_depth=self.bit_depth,
+            max_pixels=self.max_pixels,
+            max_points=self.max_points,
+        )
 
 
 def decode_batch(
@@ -143,7 +157,7 @@ def decode_batch(
             sample = (
                 Sample(uri=out.uris[i]).fail("rgb", skip)
                 if skip is not None
-                else _decode_read(read, out.uris[i], out.pc_uris[i], want_pc[i], depths[i], job)
+                else job.decode(read, out.uris[i], out.pc_uris[i], want_pc[i], depths[i])
             )
             for k in passes[i]:
                 out.add(i, k, sample, job)
@@ -213,28 +227,6 @@ def _start_reads(
     )
     started = {i: next(futures) for i in wanted}
     return [started.get(i) for i in range(n)]
-
-
-def _decode_read(read: ItemBytes, uri: str, pc_uri: Any, want_pc: bool, depth: Any, job: _Decode) -> Sample:
-    if "rgb" in read.problems:
-        return Sample(uri=uri).fail("rgb", read.problems["rgb"])
-    try:
-        bits = item_bit_depth(depth, job.bit_depth)
-    except ValueError as e:
-        return Sample(uri=uri).fail("rgb", ("unsupported", f"{uri}: {e}"))
-    sample = decode_item(
-        read.image,
-        read.cloud,
-        uri=uri,
-        pc_uri=pc_uri,
-        want_xyz=want_pc and "xyz" not in read.problems,
-        max_pixels=job.max_pixels,
-        max_points=job.max_points,
-        bit_depth=bits,
-    )
-    if "xyz" in read.problems:
-        sample.fail("xyz", read.problems["xyz"])
-    return sample
 
 
 @dataclass

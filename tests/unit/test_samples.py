@@ -46,6 +46,27 @@ def test_the_reader_and_the_decode_stage_give_every_bad_item_the_same_status(tmp
         assert any(s.status != "ok" for s in alone) and any(s.ok for s in alone)
 
 
+def test_the_reader_and_the_decode_stage_decode_each_read_with_one_function(tmp_path, monkeypatch):
+    from adray.pipeline import decode
+
+    rows = sup.write_good_items(str(tmp_path), 2, with_pc=True)
+    rows[1]["pc_uri"] = str(tmp_path / "absent.tiff")
+    seen: list[str] = []
+    real = samples.decode_read
+
+    def spy(read, **kw):
+        seen.append(kw["uri"])
+        return real(read, **kw)
+
+    monkeypatch.setattr(samples, "decode_read", spy)
+    monkeypatch.setattr(decode, "decode_read", spy)
+    out = decode_batch(_work(rows, "v"), spec=XYZ, needs_xyz=True, max_pixels=10**6)
+    alone = [samples.read_sample(r, modalities=("rgb", "xyz")) for r in rows]
+    assert seen == [r["uri"] for r in rows] * 2
+    assert out["status"].to_pylist() == [s.status for s in alone] == ["ok", "not_found"]
+    assert out["error"].to_pylist() == [s.error for s in alone]
+
+
 def test_a_sample_keeps_the_point_clouds_verdict_apart_and_raises_only_when_asked(tmp_path):
     row = sup.write_good_items(str(tmp_path), 1, with_pc=True)[0]
     row["pc_uri"] = str(tmp_path / "absent.tiff")
