@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 from pydantic.fields import FieldInfo
 
 from adray.errors import ConfigError
@@ -39,6 +39,7 @@ __all__ = [
     "explain",
     "flag_of",
     "flag_values",
+    "one_of",
     "parse_env",
     "parse_options",
     "split_pairs",
@@ -221,6 +222,24 @@ def _scalar_type(annotation: Any) -> Callable[[str], Any] | None:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = float if set(args) == {int, float} else args[0] if len(args) == 1 else None
     return annotation if annotation in (int, float) else None
+
+
+def one_of(
+    values: tuple[Any, ...], message: str = "{field} must be one of {values}, got {value!r}"
+) -> AfterValidator:
+    """A check to put in a field's ``Annotated`` metadata: a value outside ``values`` is refused with
+    ``message`` (formatted with ``field``, ``values`` and ``value``), a one-line ConfigError. For text
+    fields that keep a plain ``str`` type and their own wording (a ``Literal`` answers in pydantic's)::
+
+        precision: Annotated[str, one_of(PRECISIONS)] = "auto"
+    """
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value not in values:
+            raise ValueError(message.format(field=info.field_name, values=values, value=value))
+        return value
+
+    return AfterValidator(check)
 
 
 # ------------------------------------------------------------------ KEY=VALUE flags (repeatable)

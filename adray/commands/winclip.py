@@ -15,18 +15,52 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
+
+from adray.backbones.open_clip import DEFAULT_MODEL, DEFAULT_TAG
+from adray.config import Config, Flag, add_flags, flag_values
+from adray.detectors.winclip.config import WinClipConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+class WinClipCommandOptions(Config):
+    """The flags of ``adray winclip`` that are no WinCLIP setting (those are :class:`WinClipConfig`'s
+    ``--class-name``, ``--precision`` and ``--defect-type``): the open_clip backbone, the device and the
+    images per batch. A bad value raises a one-line ConfigError."""
+
+    model_config = ConfigDict(title="winclip options")
+
+    weights: Annotated[str, Flag("--weights")] = Field(
+        "pretrained", description="pretrained (the hub tag, cached), random (tests) or a weights file"
+    )
+    model_name: Annotated[str, Flag("--model", dest="model")] = Field(
+        DEFAULT_MODEL, description="open_clip model name"
+    )
+    pretrained_tag: Annotated[str | None, Flag("--pretrained-tag")] = Field(
+        None,
+        description=f"open_clip pretrained tag (default: the model's own; {DEFAULT_TAG} for {DEFAULT_MODEL})",
+    )
+    device: Annotated[str | None, Flag("--device")] = Field(
+        None, description="cpu, cuda, cuda:1 (default: CUDA when available)"
+    )
+    batch_size: Annotated[int, Flag("--batch-size")] = Field(8, ge=1)
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`adray.detectors.winclip.create_winclip` these options set."""
+        return self.model_dump(exclude={"batch_size"})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags: WinCLIP settings generated from :class:`WinClipConfig`'s fields, the rest from
+    :class:`WinClipCommandOptions`' (defaults, types and help stated once, on the fields)."""
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
     )
-    parser.add_argument("--class-name", required=True, help="the object's name, e.g. bottle or metal_nut")
+    add_flags(parser, WinClipConfig, ("class_name",))
     parser.add_argument(
         "--reference",
         nargs="+",
@@ -36,31 +70,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="normal reference images (files or folders) for k-shot WinCLIP+",
     )
     parser.add_argument("--masks", metavar="DIR", help="write anomaly maps as 16-bit PNGs to this folder")
+    add_flags(parser, WinClipCommandOptions, ("weights", "model_name", "pretrained_tag"))
+    add_flags(parser, WinClipConfig, ("precision",))
+    add_flags(parser, WinClipCommandOptions, ("device", "batch_size"))
+    defect_types = list(WinClipConfig.model_fields["defect_types"].default)  # repeatable: appended to
     parser.add_argument(
-        "--weights",
-        default="pretrained",
-        help="pretrained (the hub tag, cached), random (tests) or a weights file",
+        "--defect-type", action="append", default=defect_types, help="defect-specific prompt state"
     )
-    parser.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip model name")
-    parser.add_argument(
-        "--pretrained-tag",
-        default=None,
-        help="open_clip pretrained tag (default: the model's own; laion400m_e31 for ViT-B-16-plus-240)",
-    )
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--defect-type", action="append", default=[], help="defect-specific prompt state")
 
 
 def run(args: argparse.Namespace) -> int:
     from adray.errors import UserError
 
+    options = WinClipCommandOptions(**flag_values(WinClipCommandOptions, args))
     images = list(_image_files(args.paths))
     references = list(_image_files(args.reference))
     if not images:
         raise UserError(f"no images found under {args.paths}")
-    detector = _build_detector(args, references)
+    detector = _build_detector(args, options, references)
     names = map_names(images, args.paths) if args.masks else {}
     index = None
     if args.masks:
@@ -77,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     unreadable: list[str] = []
     try:
-        for start in range(0, len(images), args.batch_size):
-            batch = images[start : start + args.batch_size]
+        for start in range(0, len(images), options.batch_size):
+            batch = images[start : start + options.batch_size]
             unreadable += _score_paths(detector, batch, args.masks, names, index)
     finally:
         if index is not None:
@@ -95,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_detector(args: argparse.Namespace, references: list[str]) -> Any:
+def _build_detector(args: argparse.Namespace, options: WinClipCommandOptions, references: list[str]) -> Any:
     """The WinCLIP detector the flags ask for, with the reference images read (few-shot) or none
     (zero-shot). Raises ``UserError`` for an unreadable reference image, unavailable weights or a bad
     option."""
@@ -111,12 +138,8 @@ def _build_detector(args: argparse.Namespace, references: list[str]) -> Any:
             raise UserError(f"cannot read reference image {path}: {_why(e)}") from None
     try:
         return create_winclip(
-            class_name=args.class_name,
-            weights=args.weights,
-            model_name=args.model,
-            pretrained_tag=args.pretrained_tag,
-            device=args.device,
-            precision=args.precision,
+            **flag_values(WinClipConfig, args),  # class_name, precision
+            **options.backbone_kwargs(),
             defect_types=args.defect_type,
             reference_images=reference_arrays or None,
         )

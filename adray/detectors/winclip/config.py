@@ -9,11 +9,11 @@ existing artifacts are unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
-from adray.config import Config, Real
+from adray.config import Config, Flag, Real, one_of
 from adray.detectors import thresholds as decisions
 
 #: runtime precisions: ``auto`` picks per device (see ``adray.detectors.winclip.model.effective_precision``)
@@ -28,24 +28,20 @@ class WinClipConfig(Config):
     the version; ``threshold`` (a hand-set image threshold) and the rates are decisions, not scores.
     """
 
-    class_name: str
+    class_name: Annotated[str, Flag("--class-name")] = Field(
+        description="the object's name, e.g. bottle or metal_nut"
+    )
     scales: tuple[int, ...] = (2, 3)
     temperature: Real = 0.07
-    defect_types: tuple[str, ...] = ()
-    precision: str = "auto"  # what runs: effective_precision(); bf16 on CPU: windows only
+    defect_types: tuple[str, ...] = ()  # flag: adray winclip --defect-type (repeatable)
+    # what runs: effective_precision(); bf16 on CPU: windows only
+    precision: Annotated[str, Flag("--precision", choices=PRECISIONS), one_of(PRECISIONS)] = "auto"
     max_tokens: int = 32768  # tokens per transformer call (bounds memory); CPU: at most CPU_CHUNK_TOKENS
     threshold: Real | None = None  # an image threshold given by hand (else the decision's rule)
     # WinCLIP+: the false-positive rates of its leave-one-out thresholds (images, map pixels)
     target_fpr: float = decisions.DEFAULT_TARGET_FPR
     target_pixel_fpr: float = decisions.DEFAULT_TARGET_PIXEL_FPR
     extra: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("precision")
-    @classmethod
-    def _known_precision(cls, precision: str) -> str:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        return precision
 
     @field_validator("scales")
     @classmethod
