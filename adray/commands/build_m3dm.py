@@ -18,120 +18,84 @@ import sys
 
 from adray import storage
 from adray.backbones.vit_features import ViTConfig
-from adray.detectors.m3dm.config import MODES, M3DMConfig, tiny_config
+from adray.config import add_flags, flag_values
+from adray.detectors.m3dm.config import CORESET_RATIO, M3DMConfig, config_from_flags
+from adray.detectors.m3dm.fusion import FusionConfig
 from adray.detectors.m3dm.preprocessing import PreprocessConfig
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 from adray.pipeline.spec import WEIGHT_KEYWORDS
+from adray.train.m3dm_options import M3DMBuildOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The build flags: one-field flags are generated from :class:`M3DMConfig` and
+    :class:`M3DMBuildOptions` (default, type and help stated once, on the field); the derived ones
+    (:data:`adray.detectors.m3dm.config.DERIVED_FLAGS`) read their defaults from the configs."""
     g = parser.add_argument_group("data and output")
     g.add_argument("--train", required=True, help="MVTec 3D-AD prefix or manifest URI")
-    g.add_argument("--category", required=True, help="category to build (one artifact per category)")
+    add_flags(g, M3DMConfig, ("category",))
     g.add_argument("--output", required=True, help="artifact folder URI")
     g = parser.add_argument_group("model")
-    g.add_argument("--mode", choices=MODES, default="rgb+xyz", help="banks: rgb, xyz or both (with DLF)")
+    add_flags(g, M3DMConfig, ("mode",))
     g.add_argument("--no-fusion", action="store_true", help="rgb+xyz without the UFF fused bank")
-    g.add_argument("--weights", default="pretrained", help="RGB ViT weights: pretrained | random | PATH")
+    vit = ViTConfig()
+    g.add_argument("--weights", default=vit.weights, help="RGB ViT weights: pretrained | random | PATH")
     g.add_argument(
         "--rgb-backbone",
-        default=ViTConfig().name,
+        default=vit.name,
         help="timm ViT name, optionally name.tag (a bare name takes timm's default tag); default %(default)s "
         "(DINO ViT-B/8)",
     )
-    g.add_argument("--point-weights", default="pretrained", help="Point-MAE checkpoint PATH, or random")
-    g.add_argument("--img-size", type=int, default=224)
-    g.add_argument("--preprocess-units", choices=("auto", "m", "mm"), default="auto", help="scan units")
+    add_flags(g, M3DMConfig, ("point_weights", "img_size"))
+    units = PreprocessConfig().units
+    g.add_argument("--preprocess-units", choices=("auto", "m", "mm"), default=units, help="scan units")
     g.add_argument(
         "--no-preprocess", action="store_true", help="skip plane removal / DBSCAN (pre-cleaned data)"
     )
-    g.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept per bank")
-    g.add_argument("--uff-steps", type=int, default=None, help="UFF optimiser steps (default 750)")
-    g.add_argument("--seed", type=int, default=0)
+    ratio_help = "fraction of patches kept per bank"
+    g.add_argument("--coreset-ratio", type=float, default=CORESET_RATIO, help=ratio_help)
+    steps_help = f"UFF optimiser steps (default {FusionConfig().steps})"
+    g.add_argument("--uff-steps", type=int, default=None, help=steps_help)
+    add_flags(g, M3DMConfig, ("seed",))
     g.add_argument("--tiny", action="store_true", help="CI-sized random backbones (tests and demos only)")
-    g = parser.add_argument_group("decision")
-    g.add_argument(
-        "--target-fpr",
-        type=float,
-        default=None,
-        help="image threshold at this false-positive rate on the held-out normals (default: their largest "
-        "score, the threshold M3DM artifacts always had)",
-    )
-    g.add_argument(
-        "--target-pixel-fpr",
-        type=float,
-        default=0.01,
-        help="pixel threshold (defect regions) at this false-positive rate over the held-out normals' map "
-        "pixels (default %(default)s)",
-    )
+    add_flags(parser.add_argument_group("decision"), M3DMBuildOptions, ("target_fpr", "target_pixel_fpr"))
     g = parser.add_argument_group("cluster")
-    g.add_argument("--workers", type=int, default=2, help="feature actors and UFF DDP workers")
-    g.add_argument("--uff-workers", type=int, default=None, help="UFF workers (0 = Ray Train local mode)")
-    g.add_argument("--batch-size", type=int, default=8, help="items per feature-extraction batch")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0)
+    add_flags(g, M3DMBuildOptions, ("workers", "uff_workers", "batch_size", "gpus_per_worker"))
     add_address_argument(g)
 
 
 def config_from_args(args: argparse.Namespace) -> M3DMConfig:
-    # weight files are read by Ray workers, whose working directory is not the driver's
-    args.weights = storage.absolute_url(args.weights, keep=WEIGHT_KEYWORDS)
-    args.point_weights = storage.absolute_url(args.point_weights, keep=WEIGHT_KEYWORDS)
-    """The config the flags describe; exits with status 2 when --rgb-backbone names no timm weights."""
+    """The config the flags describe (:func:`adray.detectors.m3dm.config.config_from_flags`), weight paths
+    made absolute; exits with status 2 when --rgb-backbone names no timm weights."""
     from adray.backbones.timm_features import check_model_name
     from adray.backbones.weights import BackboneNameError
 
+    # weight files are read by Ray workers, whose working directory is not the driver's
+    args.weights = storage.absolute_url(args.weights, keep=WEIGHT_KEYWORDS)
+    args.point_weights = storage.absolute_url(args.point_weights, keep=WEIGHT_KEYWORDS)
     if not args.tiny:
         try:
             check_model_name(args.rgb_backbone)
         except BackboneNameError as e:
             print(f"adray build-m3dm: error: {e}", file=sys.stderr)
             raise SystemExit(2) from e
-    ratios = {"rgb": args.coreset_ratio, "xyz": args.coreset_ratio, "fused": args.coreset_ratio}
-    common = dict(mode=args.mode, fusion=not args.no_fusion, coreset_ratio=ratios, seed=args.seed)
-    if args.tiny:
-        cfg = tiny_config(args.category, img_size=64 if args.img_size == 224 else args.img_size, **common)
-    else:
-        cfg = M3DMConfig(
-            category=args.category,
-            img_size=args.img_size,
-            vit=ViTConfig(name=args.rgb_backbone, weights=args.weights, seed=args.seed),
-            point_weights=args.point_weights,
-            point_seed=args.seed,
-            preprocess=PreprocessConfig(units=args.preprocess_units),
-            **common,
-        )
-    if args.weights != "pretrained" and args.tiny:
-        cfg = cfg.replace(vit=cfg.vit.replace(weights=args.weights))
-    if args.no_preprocess:
-        cfg = cfg.replace(preprocess=cfg.preprocess.replace(enabled=False))
-    if args.uff_steps is not None:
-        steps = args.uff_steps
-        cfg = cfg.replace(
-            uff=cfg.uff.replace(steps=steps, warmup_steps=min(cfg.uff.warmup_steps, steps // 3))
-        )
-    return cfg
+    return config_from_flags(args)
+
+
+def options_from_args(args: argparse.Namespace) -> M3DMBuildOptions:
+    """The build's Ray resources and decision rates the flags describe; raises
+    :class:`adray.errors.ConfigError` (one line, exit 2) for a bad value, e.g. a rate outside [0, 1]."""
+    return M3DMBuildOptions(**flag_values(M3DMBuildOptions, args))
 
 
 def run(args: argparse.Namespace) -> int:
     from adray.train.m3dm import build_m3dm
 
     config = config_from_args(args)
-    for flag, rate in (("--target-fpr", args.target_fpr), ("--target-pixel-fpr", args.target_pixel_fpr)):
-        if rate is not None and not 0.0 <= rate <= 1.0:
-            print(f"adray build-m3dm: error: {flag} must lie in [0, 1], got {rate}", file=sys.stderr)
-            return 2
+    options = options_from_args(args)
     ensure_ray(args.address)
-    summary = build_m3dm(
-        storage.absolute_url(args.train),
-        storage.absolute_url(args.output),
-        config,
-        workers=args.workers,
-        uff_workers=args.uff_workers,
-        batch_size=args.batch_size,
-        gpus_per_worker=args.gpus_per_worker,
-        target_fpr=args.target_fpr,
-        target_pixel_fpr=args.target_pixel_fpr,
-    )
+    train, output = storage.absolute_url(args.train), storage.absolute_url(args.output)
+    summary = build_m3dm(train, output, config, options=options)
     doc = dataclasses.asdict(summary)
     doc.pop("uff_losses")
     print(json.dumps(doc, indent=2, default=str))

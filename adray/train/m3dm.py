@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from adray.detectors.m3dm.config import M3DMConfig
+from adray.train.m3dm_options import M3DMBuildOptions
 
 log = logging.getLogger(__name__)
 
@@ -268,21 +269,22 @@ def build_m3dm(
     output_uri: str,
     config: M3DMConfig,
     *,
-    workers: int = 2,
-    uff_workers: int | None = None,
-    batch_size: int = 8,
-    gpus_per_worker: float = 0.0,
-    target_fpr: float | None = None,
-    target_pixel_fpr: float = 0.01,
+    options: M3DMBuildOptions | None = None,
+    **changes: Any,
 ) -> BuildSummary:
     """The whole build: items -> Ray features -> (UFF on Ray Train) -> banks + DLF -> decision -> artifact.
-    ``target_fpr`` / ``target_pixel_fpr``: :func:`adray.detectors.m3dm.fit.heldout_decision`."""
+
+    ``options``: Ray resources and decision rates (:class:`M3DMBuildOptions`, its defaults when not
+    given); keyword ``changes`` set its fields (``workers=1, target_fpr=0.05``, the keywords this function
+    took before); an unknown or bad one raises :class:`adray.errors.ConfigError`. The rates:
+    :func:`adray.detectors.m3dm.fit.heldout_decision`."""
     import torch
 
     from adray.detectors.m3dm.features import FeatureExtractor
     from adray.detectors.m3dm.fit import build_detector
     from adray.train.common import default_checkpoint_root
 
+    opts = (options or M3DMBuildOptions()).replace(**changes)
     t0 = time.perf_counter()
     bank_rows, held_rows = select_items(train_uri, config.category)
     extractor = FeatureExtractor(config)
@@ -290,7 +292,9 @@ def build_m3dm(
         extractor.rgb_dim or config.uff.rgb_dim, extractor.xyz_dim or config.uff.xyz_dim
     )
     timings: dict[str, float] = {}
-    feats, skipped = extract_features(bank_rows + held_rows, config, workers, batch_size, gpus_per_worker)
+    feats, skipped = extract_features(
+        bank_rows + held_rows, config, opts.workers, opts.batch_size, opts.gpus_per_worker
+    )
     timings["features_s"] = time.perf_counter() - t0
     ok_rows, n_bank, bank_feats, held_feats = _split_features(bank_rows, held_rows, feats, skipped)
     fusion, losses = None, []
@@ -298,9 +302,7 @@ def build_m3dm(
         t1 = time.perf_counter()
         ids = [r["item_id"] for r in ok_rows[:n_bank]]
         root = default_checkpoint_root(output_uri)
-        fusion, losses = train_fusion(
-            bank_feats, ids, config, workers if uff_workers is None else uff_workers, root
-        )
+        fusion, losses = train_fusion(bank_feats, ids, config, opts.uff_world, root)
         timings["uff_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -312,8 +314,8 @@ def build_m3dm(
         held_feats,
         fusion,
         metadata,
-        target_fpr=target_fpr,
-        target_pixel_fpr=target_pixel_fpr,
+        target_fpr=opts.target_fpr,
+        target_pixel_fpr=opts.target_pixel_fpr,
     )
     timings["banks_dlf_s"] = time.perf_counter() - t2
     det.metadata["timings"] = {**det.metadata.get("timings", {}), **timings}

@@ -7,17 +7,33 @@ exactly the documents the dataclasses did and the versions of existing artifacts
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
 from adray.backbones.point_mae import PointMAEConfig
 from adray.backbones.vit_features import ViTConfig
-from adray.config import Config, Real
+from adray.config import Config, Flag, Real, flag_values, one_of
 from adray.detectors.m3dm.fusion import FusionConfig
 from adray.detectors.m3dm.preprocessing import PreprocessConfig
 
 MODES = ("rgb", "xyz", "rgb+xyz")
+#: the memory banks; ``--coreset-ratio`` sets the ratio of all three
+BANKS = ("rgb", "xyz", "fused")
+#: the paper's coreset fraction f, the default for every bank
+CORESET_RATIO = 0.1
+#: ``adray build-m3dm`` flags (argparse destinations) that set no single field the same way:
+#: :func:`config_from_flags` maps them; the one-field flags are generated from the fields
+DERIVED_FLAGS = (
+    "no_fusion",
+    "weights",
+    "rgb_backbone",
+    "preprocess_units",
+    "no_preprocess",
+    "coreset_ratio",
+    "uff_steps",
+    "tiny",
+)
 
 
 class M3DMConfig(Config):
@@ -31,41 +47,36 @@ class M3DMConfig(Config):
 
     model_config = ConfigDict(frozen=True)
 
-    category: str
-    mode: str = "rgb+xyz"
-    fusion: bool = True
-    img_size: int = 224
+    category: Annotated[str, Flag("--category")] = Field(
+        description="category to build (one artifact per category)"
+    )
+    mode: Annotated[
+        str, Flag("--mode", choices=MODES), one_of(MODES, "unknown M3DM mode {value!r}; choose from {values}")
+    ] = Field("rgb+xyz", description="banks: rgb, xyz or both (with DLF)")
+    fusion: bool = True  # flag: --no-fusion (config_from_flags)
+    img_size: Annotated[int, Flag("--img-size")] = 224
     vit: ViTConfig = Field(default_factory=ViTConfig)
     point: PointMAEConfig = Field(default_factory=PointMAEConfig)
-    point_weights: str = "pretrained"
+    point_weights: Annotated[str, Flag("--point-weights")] = Field(
+        "pretrained", description="Point-MAE checkpoint PATH, or random"
+    )
     point_seed: int = 0
     point_normalisation: str = "none"  # none (official: raw coordinates) | center | unit_sphere
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     uff: FusionConfig = Field(default_factory=FusionConfig)
-    coreset_ratio: dict[str, Real] = Field(default_factory=lambda: {"rgb": 0.1, "xyz": 0.1, "fused": 0.1})
+    coreset_ratio: dict[str, Real] = Field(default_factory=lambda: dict.fromkeys(BANKS, CORESET_RATIO))
     projection_dim: int | None = 128
     blur_sigma: Real = 4.0  # at 224 px; scaled with img_size
     dlf_kernel: str = "linear"
     dlf_nu: Real = 0.5
     dlf_max_pixel_rows: int = 10000
     dlf_scale_quantile: Real = 0.9  # DLF inputs / this quantile of |x| (artifacts before: 0.5, the median)
-    dlf_pixel_rows: str = "foreground"  # pixels the pixel SVM is fitted on: foreground | all (before)
+    # pixels the pixel SVM is fitted on: foreground | all (before)
+    dlf_pixel_rows: Annotated[
+        str, one_of(("foreground", "all"), "{field} must be foreground or all, got {value!r}")
+    ] = "foreground"
     knn_backend: str = "auto"
-    seed: int = 0
-
-    @field_validator("mode")
-    @classmethod
-    def _known_mode(cls, mode: str) -> str:
-        if mode not in MODES:
-            raise ValueError(f"unknown M3DM mode {mode!r}; choose from {MODES}")
-        return mode
-
-    @field_validator("dlf_pixel_rows")
-    @classmethod
-    def _known_pixel_rows(cls, rows: str) -> str:
-        if rows not in ("foreground", "all"):
-            raise ValueError(f"dlf_pixel_rows must be foreground or all, got {rows!r}")
-        return rows
+    seed: Annotated[int, Flag("--seed")] = 0  # the flag also seeds the ViT and Point-MAE (config_from_flags)
 
     @property
     def uses_rgb(self) -> bool:
@@ -108,6 +119,11 @@ class M3DMConfig(Config):
         """A copy whose fusion block takes ``rgb_dim`` / ``xyz_dim`` features (the extractor's)."""
         return self.replace(uff=self.uff.replace(rgb_dim=rgb_dim, xyz_dim=xyz_dim))
 
+    def with_uff_steps(self, steps: int) -> M3DMConfig:
+        """A copy whose UFF trains ``steps`` optimiser steps, its warm-up cut to at most a third of them."""
+        warmup = min(self.uff.warmup_steps, steps // 3)
+        return self.replace(uff=self.uff.replace(steps=steps, warmup_steps=warmup))
+
 
 def tiny_config(category: str, mode: str = "rgb+xyz", img_size: int = 64, **overrides: Any) -> M3DMConfig:
     """A CI-sized configuration: 2-block ViT-Tiny/8 and a 2-block Point-MAE, random weights, no pretrained
@@ -147,3 +163,59 @@ def tiny_config(category: str, mode: str = "rgb+xyz", img_size: int = 64, **over
     )
     base.update(overrides)
     return M3DMConfig(category=category, **base)
+
+
+def config_from_flags(flags: Any) -> M3DMConfig:
+    """The config that parsed ``adray build-m3dm`` flags describe (the one mapping from build flags to an
+    M3DM config; the flags' defaults are the fields' own).
+
+    ``flags``: an ``argparse.Namespace`` (any object). The one-field flags (``--category``, ``--mode``,
+    ``--img-size``, ``--point-weights``, ``--seed``) are read with :func:`adray.config.flag_values`; the
+    derived ones, each only when present and not None: ``no_fusion``, ``weights`` and ``rgb_backbone``
+    (the ViT, seeded with ``seed`` as the Point-MAE is), ``preprocess_units``, ``no_preprocess``,
+    ``coreset_ratio`` (every bank), ``uff_steps`` (:meth:`M3DMConfig.with_uff_steps`) and ``tiny``
+    (:func:`tiny_config`: its backbones, point weights and image size, unless ``img_size`` differs from
+    the default; ``weights`` other than the default replace its random ViT weights). Raises
+    :class:`adray.errors.ConfigError` for a bad value.
+    """
+    fields = flag_values(M3DMConfig, flags)
+    derived = {name: getattr(flags, name, None) for name in DERIVED_FLAGS}
+    if derived["no_fusion"]:
+        fields["fusion"] = False
+    if derived["coreset_ratio"] is not None:
+        fields["coreset_ratio"] = dict.fromkeys(BANKS, derived["coreset_ratio"])
+    weights = derived["weights"] or _default(ViTConfig, "weights")
+    if derived["tiny"]:
+        cfg = _tiny_from_flags(fields, weights)
+    else:
+        seed = fields.get("seed", _default(M3DMConfig, "seed"))
+        name = derived["rgb_backbone"] or _default(ViTConfig, "name")
+        units = derived["preprocess_units"] or _default(PreprocessConfig, "units")
+        cfg = M3DMConfig(
+            **fields,
+            vit=ViTConfig(name=name, weights=weights, seed=seed),
+            point_seed=seed,
+            preprocess=PreprocessConfig(units=units),
+        )
+    if derived["no_preprocess"]:
+        cfg = cfg.replace(preprocess=cfg.preprocess.replace(enabled=False))
+    if derived["uff_steps"] is not None:
+        cfg = cfg.with_uff_steps(derived["uff_steps"])
+    return cfg
+
+
+def _tiny_from_flags(fields: dict[str, Any], weights: str) -> M3DMConfig:
+    """:func:`tiny_config` with the flags' fields: its own image size unless another was asked for, its
+    random point weights whatever ``--point-weights`` says, ``weights`` when not the default."""
+    fields = {k: v for k, v in fields.items() if k != "point_weights"}
+    if fields.get("img_size") == _default(M3DMConfig, "img_size"):
+        del fields["img_size"]
+    cfg = tiny_config(**fields)
+    if weights != _default(ViTConfig, "weights"):
+        cfg = cfg.replace(vit=cfg.vit.replace(weights=weights))
+    return cfg
+
+
+def _default(model: type[Config], name: str) -> Any:
+    """The default of ``model``'s field ``name`` (a flag's default, read where it lives)."""
+    return model.model_fields[name].get_default(call_default_factory=True)
