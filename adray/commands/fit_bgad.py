@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
 
 from adray import storage
-from adray.config import add_flags
+from adray.config import Config, Flag, add_flags, flag_values
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
 from adray.detectors.bgad.losses import LossConfig
 from adray.pipeline.cluster import add_address_argument, ensure_ray
@@ -21,9 +24,41 @@ from adray.pipeline.spec import WEIGHT_KEYWORDS
 log = logging.getLogger(__name__)
 
 
+class FitBgadOptions(Config):
+    """The Ray Train flags of ``adray fit-bgad``: how :func:`adray.train.bgad.fit_bgad` runs (workers,
+    resources, run name and checkpoints), never what it fits. A bad value raises a one-line ConfigError."""
+
+    model_config = ConfigDict(title="fit-bgad options")
+
+    workers: Annotated[int, Flag("--workers")] = Field(
+        1, ge=0, description="Ray Train workers (0 = local mode in-process)"
+    )
+    gpus_per_worker: Annotated[float, Flag("--gpus-per-worker")] = Field(
+        0.0, ge=0, description=">0 uses NCCL on GPUs, else gloo on CPU"
+    )
+    cpus_per_worker: Annotated[float, Flag("--cpus-per-worker")] = Field(1.0, ge=0)
+    run_name: Annotated[str | None, Flag("--run-name")] = Field(
+        None,
+        description="Ray Train run name; the same name resumes from its last checkpoint (default: derived "
+        "from output + config, so rerunning the same command resumes)",
+    )
+    checkpoint_root: Annotated[str | None, Flag("--checkpoint-root")] = Field(
+        None, description="default: <parent of --output>/checkpoints"
+    )
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`adray.train.bgad.fit_bgad`, the checkpoint root made absolute (Ray
+        workers do not share the driver's working directory)."""
+        root = storage.absolute_url(self.checkpoint_root) if self.checkpoint_root else None
+        return {**self.model_dump(), "checkpoint_root": root}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The fit flags: those that set one config field are generated from the fields (default, type and
-    help stated once, in :mod:`adray.detectors.bgad.config`); the rest map through ``configs_from_flags``."""
+    help stated once, in :mod:`adray.detectors.bgad.config`), the Ray Train ones from
+    :class:`FitBgadOptions`. The rest map through ``configs_from_flags``, defaults read from the configs:
+    ``--out-indices`` / ``--seen-defects`` (text, not the field's tuple), ``--no-focal`` (the inverse of a
+    field whose ``--no-...`` flag keeps its own destination), ``--image-size`` (below)."""
     m = BgadConfig()
     g = parser.add_argument_group("data and output")
     g.add_argument(
@@ -52,20 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_flags(g, LossConfig, ("beta", "tau"))
     g.add_argument("--no-focal", action="store_true", help="disable the asymmetric focal weights")
-    g.add_argument("--seed", type=int, default=BgadTrainConfig().seed)
+    add_flags(g, BgadTrainConfig, ("seed",))  # also seeds the flows and a random backbone (FLAG_FIELDS)
     g = parser.add_argument_group("Ray Train")
-    g.add_argument("--workers", type=int, default=1, help="Ray Train workers (0 = local mode in-process)")
-    g.add_argument(
-        "--gpus-per-worker", type=float, default=0.0, help=">0 uses NCCL on GPUs, else gloo on CPU"
-    )
-    g.add_argument("--cpus-per-worker", type=float, default=1.0)
-    g.add_argument(
-        "--run-name",
-        default=None,
-        help="Ray Train run name; the same name resumes from its last checkpoint (default: derived "
-        "from output + config, so rerunning the same command resumes)",
-    )
-    g.add_argument("--checkpoint-root", default=None, help="default: <parent of --output>/checkpoints")
+    add_flags(g, FitBgadOptions, FitBgadOptions.model_fields)
     add_address_argument(g)
     g.add_argument("--fail-after-epoch", type=int, default=None, help=argparse.SUPPRESS)  # resume tests only
 
@@ -99,18 +123,11 @@ def run(args: argparse.Namespace) -> int:
         from adray.backbones.timm_features import check_pretrained_available
 
         check_pretrained_available(model_cfg.backbone, model_cfg.pretrained_tag)
+    options = FitBgadOptions(**flag_values(FitBgadOptions, args))
     ensure_ray(args.address)
+    train, output = storage.absolute_url(args.train), storage.absolute_url(args.output)
     summary = fit_bgad(
-        storage.absolute_url(args.train),
-        storage.absolute_url(args.output),
-        model_cfg,
-        train_cfg,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        run_name=args.run_name,
-        checkpoint_root=storage.absolute_url(args.checkpoint_root) if args.checkpoint_root else None,
-        fail_after_epoch=args.fail_after_epoch,
+        train, output, model_cfg, train_cfg, **options.fit_kwargs(), fail_after_epoch=args.fail_after_epoch
     )
     print(summary.to_text())
     print(summary.artifact_uri)

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from adray.config import Config, Flag, Real
 from adray.detectors.bgad.losses import LossConfig
+from adray.detectors.thresholds import DEFAULT_TARGET_PIXEL_FPR
 
 
 class BgadConfig(Config):
@@ -102,11 +103,12 @@ class BgadTrainConfig(Config):
         description="false-positive rate of the stored threshold on held-out normals (default %(default)s)",
     )
     target_pixel_fpr: Annotated[float, Flag("--target-pixel-fpr")] = Field(
-        0.01,
+        DEFAULT_TARGET_PIXEL_FPR,
         description="false-positive rate of the stored pixel threshold (defect regions) over the held-out "
         "normals' map pixels (default %(default)s)",
     )
-    seed: int = 0
+    # the flag also seeds the flows and a random backbone (FLAG_FIELDS)
+    seed: Annotated[int, Flag("--seed")] = 0
     loss: LossConfig = Field(default_factory=LossConfig)
 
     @property
