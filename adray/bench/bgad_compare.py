@@ -17,16 +17,21 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
 
 from adray import storage
+from adray.bench.bgad_config import BgadBenchConfig
+from adray.config import Flag, add_flags, flag_values
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
 from adray.detectors.bgad.detector import BgadDetector
 from adray.detectors.bgad.images import resize_mask
 from adray.detectors.bgad.session import fit_bgad_local
+from adray.synthetic import SynthConfig, generate_mvtec_ad
+from adray.tables import text_table
 
 log = logging.getLogger(__name__)
 
@@ -101,75 +106,97 @@ def _metrics(variant, subset, rows, keep, scores, maps, masks) -> dict[str, Any]
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [
+    """The comparison as a titled text table: per variant and defect subset, the items and the metrics."""
+    title = (
         f"BGAD supervised vs unsupervised on {result['category']!r}: seen defects {result['seen']}, "
-        f"unseen {result['unseen']}, {result['n_training_anomalies']} training anomalies (excluded from eval)",
-        f"{'variant':<13} {'defects':<7} {'good':>5} {'anom':>5} {'image AUROC':>12} {'AUPRO@0.3':>10}",
+        f"unseen {result['unseen']}, {result['n_training_anomalies']} training anomalies (excluded from eval)"
+    )
+    cells = [
+        [
+            r["variant"],
+            r["defects"],
+            r["n_good"],
+            r["n_anomalous"],
+            f"{r['image_auroc']:.4f}",
+            f"{r['aupro']:.4f}",
+        ]
+        for r in result["rows"]
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"{r['variant']:<13} {r['defects']:<7} {r['n_good']:>5} {r['n_anomalous']:>5} "
-            f"{r['image_auroc']:>12.4f} {r['aupro']:>10.4f}"
-        )
-    return "\n".join(lines)
+    columns = ("variant", "defects", "good", "anom", "image AUROC", "AUPRO@0.3")
+    return title + "\n" + text_table(columns, cells, rule=False)
+
+
+class BgadCompareConfig(BgadBenchConfig):
+    """The flags of ``jobs/benchmark.py bgad-compare`` (and of ``python -m adray.bench.bgad_compare``)."""
+
+    model_config = ConfigDict(title="bgad-compare configuration")
+
+    data: Annotated[str | None, Flag("--data")] = Field(
+        None,
+        description="MVTec-layout dataset root (generated there with --generate; default: a new temporary "
+        "folder, generated)",
+    )
+    generate: Annotated[bool, Flag("--generate")] = Field(
+        False, description="generate synthetic data into --data if it is empty"
+    )
+    seen_defects: Annotated[str, Flag("--seen-defects")] = Field(
+        "", description="comma-separated; default: first half of the types"
+    )
+    num_anomalies: Annotated[int, Flag("--num-anomalies")] = 10
+    flow_blocks: Annotated[int, Flag("--flow-blocks")] = 4
+    epochs: Annotated[int, Flag("--epochs")] = Field(10, description="meta-epochs")
+    sub_epochs: Annotated[int, Flag("--sub-epochs")] = 4
+    batch_size: Annotated[int, Flag("--batch-size")] = 16
+    chunk_size: Annotated[int, Flag("--chunk-size")] = 1024
+    seed: Annotated[int, Flag("--seed")] = 0
+    no_focal: Annotated[bool, Flag("--no-focal")] = Field(
+        False, description="disable the asymmetric focal weights (see README)"
+    )
+    threads: Annotated[int, Flag("--threads")] = 2
+    device: Annotated[str | None, Flag("--device")] = Field(
+        None, description="cpu | cuda (default: CUDA when available)"
+    )
+
+
+#: the flags in the help output's order
+_FLAGS = (
+    "data",
+    "generate",
+    "category",
+    "seen_defects",
+    "num_anomalies",
+    "backbone",
+    "weights",
+    "image_size",
+)
+_FLAGS += ("flow_blocks", "epochs", "sub_epochs", "batch_size", "chunk_size", "seed", "no_focal", "threads")
+_FLAGS += ("device",)
+#: the generated dataset when --data is empty or not given: 40 normals, 12 good and 8 per defect type to test
+COMPARE_DATA = SynthConfig(image_size=128, n_train=40, n_test_good=12, n_test_per_defect=8)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``jobs/benchmark.py bgad-compare`` (and of ``python -m adray.bench.bgad_compare``)."""
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="MVTec-layout dataset root (generated there with --generate; default: a new temporary folder, generated)",
-    )
-    parser.add_argument(
-        "--generate", action="store_true", help="generate synthetic data into --data if it is empty"
-    )
-    parser.add_argument("--category", default="bottle")
-    parser.add_argument(
-        "--seen-defects", default="", help="comma-separated; default: first half of the types"
-    )
-    parser.add_argument("--num-anomalies", type=int, default=10)
-    parser.add_argument("--backbone", default="test_efficientnet")
-    parser.add_argument("--weights", default="random")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--flow-blocks", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=10, help="meta-epochs")
-    parser.add_argument("--sub-epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--chunk-size", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--no-focal", action="store_true", help="disable the asymmetric focal weights (see README)"
-    )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: CUDA when available)")
+    add_flags(parser, BgadCompareConfig, _FLAGS)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(flags: argparse.Namespace) -> dict[str, Any]:
     """Generate (when asked or when ``--data`` is not given), fit both variants, evaluate; print the table.
 
     Returns the benchmark result ``{"name", "rows", "notes"}`` (one row per variant and defect subset)."""
-    torch.set_num_threads(args.threads)
-    if args.data is None:
+    cfg = BgadCompareConfig(**flag_values(BgadCompareConfig, flags))
+    torch.set_num_threads(cfg.threads)
+    data, generate = cfg.data, cfg.generate
+    if data is None:
         import tempfile
 
-        args.data, args.generate = tempfile.mkdtemp(prefix="bgad-compare-"), True
-    if args.generate and not (storage.exists(args.data) and next(storage.walk_files(args.data), None)):
-        from adray.synthetic import generate_mvtec_ad
-
-        generate_mvtec_ad(
-            args.data,
-            categories=(args.category,),
-            image_size=128,
-            n_train=40,
-            n_test_good=12,
-            n_test_per_defect=8,
-            seed=args.seed,
-        )
+        data, generate = tempfile.mkdtemp(prefix="bgad-compare-"), True
+    if generate and not (storage.exists(data) and next(storage.walk_files(data), None)):
+        generate_mvtec_ad(data, COMPARE_DATA, categories=(cfg.category,), seed=cfg.seed)
     # --seen-defects picks the supervised variant's anomalies (compare_supervised), not the shared config
-    model_cfg, train_cfg = configs_from_flags(args, seen_defects=None)
-    seen = [s for s in args.seen_defects.split(",") if s] or None
-    result = compare_supervised(args.data, args.category, seen, model_cfg, train_cfg, device=args.device)
+    model_cfg, train_cfg = configs_from_flags(cfg, seen_defects=None)
+    seen = [s for s in cfg.seen_defects.split(",") if s] or None
+    result = compare_supervised(data, cfg.category, seen, model_cfg, train_cfg, device=cfg.device)
     print(format_table(result))
     notes = [f"category {result['category']}: seen {result['seen']}, unseen {result['unseen']}"]
     notes.append(f"{result['n_training_anomalies']} training anomalies, excluded from the evaluation")

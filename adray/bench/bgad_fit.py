@@ -11,68 +11,84 @@ import argparse
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from adray import storage
+from adray.bench.bgad_config import BgadBenchConfig
+from adray.config import Flag, add_flags, flag_values
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 
 
+class BgadFitBenchConfig(BgadBenchConfig):
+    """The flags of ``jobs/benchmark.py bgad-fit`` (``--address``: :func:`add_address_argument`)."""
+
+    model_config = ConfigDict(title="bgad-fit benchmark configuration")
+
+    data: Annotated[str | None, Flag("--data")] = Field(
+        None, description="MVTec-layout root (default: generate one in a temp dir)"
+    )
+    workers: Annotated[str, Flag("--workers")] = Field("1,2", description="comma-separated worker counts")
+    gpus_per_worker: Annotated[float, Flag("--gpus-per-worker")] = 0.0
+    cpus_per_worker: Annotated[float, Flag("--cpus-per-worker")] = 1.0
+    flow_blocks: Annotated[int, Flag("--flow-blocks")] = 8
+    n_train: Annotated[int, Flag("--n-train")] = Field(32, description="generated train/good images")
+    epochs: Annotated[int, Flag("--epochs")] = Field(2, description="meta-epochs per fit")
+    sub_epochs: Annotated[int, Flag("--sub-epochs")] = 2
+    batch_size: Annotated[int, Flag("--batch-size")] = 8
+    chunk_size: Annotated[int, Flag("--chunk-size")] = 4096
+    num_anomalies: Annotated[int, Flag("--num-anomalies")] = 4
+    score_batch: Annotated[int, Flag("--score-batch")] = 16
+    score_repeats: Annotated[int, Flag("--score-repeats")] = 4
+    score_device: Annotated[str | None, Flag("--score-device")] = Field(
+        None, description="scoring device (default: CUDA when available)"
+    )
+    plain: Annotated[bool, Flag("--plain")] = Field(
+        False, description="single process without Ray (plain-torch fit on CUDA when available)"
+    )
+    address: str | None = None  # Ray cluster; flag: cluster.add_address_argument
+
+
+#: the flags after --address, in the help output's order
+_FLAGS = ("workers", "gpus_per_worker", "cpus_per_worker", "backbone", "weights", "image_size", "flow_blocks")
+_FLAGS += ("n_train", "epochs", "sub_epochs", "batch_size", "chunk_size", "num_anomalies", "score_batch")
+_FLAGS += ("score_repeats", "score_device", "plain")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data", default=None, help="MVTec-layout root (default: generate one in a temp dir)"
-    )
-    parser.add_argument("--category", default="bottle")
+    add_flags(parser, BgadFitBenchConfig, ("data", "category"))
     add_address_argument(parser)
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--backbone", default="test_efficientnet")
-    parser.add_argument("--weights", default="random")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--flow-blocks", type=int, default=8)
-    parser.add_argument("--n-train", type=int, default=32, help="generated train/good images")
-    parser.add_argument("--epochs", type=int, default=2, help="meta-epochs per fit")
-    parser.add_argument("--sub-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--chunk-size", type=int, default=4096)
-    parser.add_argument("--num-anomalies", type=int, default=4)
-    parser.add_argument("--score-batch", type=int, default=16)
-    parser.add_argument("--score-repeats", type=int, default=4)
-    parser.add_argument("--score-device", default=None, help="scoring device (default: CUDA when available)")
-    parser.add_argument(
-        "--plain",
-        action="store_true",
-        help="single process without Ray (plain-torch fit on CUDA when available)",
-    )
+    add_flags(parser, BgadFitBenchConfig, _FLAGS)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(flags: argparse.Namespace) -> dict[str, Any]:
     from adray.detectors.bgad.config import configs_from_flags
 
+    cfg = BgadFitBenchConfig(**flag_values(BgadFitBenchConfig, flags), address=flags.address)
     tmp = tempfile.mkdtemp(prefix="adray-bench-bgad-")
-    data = _bench_data(args, tmp)
-    model_cfg, train_cfg = configs_from_flags(args, copy_paste_variants=1)
+    data = _bench_data(cfg, tmp)
+    model_cfg, train_cfg = configs_from_flags(cfg, copy_paste_variants=1)
     rows: list[dict[str, Any]] = []
     artifact = None
-    if args.plain:
-        row, artifact = _fit_plain(data, model_cfg, train_cfg, tmp, args)
+    if cfg.plain:
+        row, artifact = _fit_plain(data, model_cfg, train_cfg, tmp, cfg)
         rows.append(row)
-    workers = [] if args.plain else [int(v) for v in args.workers.split(",") if v.strip()]
+    workers = [] if cfg.plain else [int(v) for v in cfg.workers.split(",") if v.strip()]
     if workers:
-        ensure_ray(args.address, log_to_driver=False, configure_logging=False)
+        ensure_ray(cfg.address, log_to_driver=False, configure_logging=False)
     for w in workers:
-        row, artifact = _fit_workers(data, model_cfg, train_cfg, tmp, w, args)
+        row, artifact = _fit_workers(data, model_cfg, train_cfg, tmp, w, cfg)
         rows.append(row)
     if artifact is not None:
-        rows.append(_score_rate(artifact, args))
+        rows.append(_score_rate(artifact, cfg))
     result = {
         "name": "bgad-fit",
         "rows": rows,
         "notes": [
-            f"{args.backbone} ({args.weights}) at {args.image_size} px, {args.flow_blocks} flow blocks, "
-            f"chunk {args.chunk_size} patches, batch {args.batch_size} images/worker; train rate = last "
+            f"{cfg.backbone} ({cfg.weights}) at {cfg.image_size} px, {cfg.flow_blocks} flow blocks, "
+            f"chunk {cfg.chunk_size} patches, batch {cfg.batch_size} images/worker; train rate = last "
             "meta-epoch, summed over workers",
         ],
     }
@@ -82,34 +98,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _bench_data(args: argparse.Namespace, tmp: str) -> str:
+def _bench_data(cfg: BgadFitBenchConfig, tmp: str) -> str:
     """``--data`` made absolute (Ray workers have another cwd), or a small synthetic MVTec AD set in ``tmp``."""
-    if args.data is not None:
-        return storage.absolute_url(args.data) if args.data else args.data
+    if cfg.data is not None:
+        return storage.absolute_url(cfg.data) if cfg.data else cfg.data
     from adray.synthetic import generate_mvtec_ad
 
     data = os.path.join(tmp, "data")
     generate_mvtec_ad(
         data,
-        categories=(args.category,),
-        image_size=args.image_size,
-        n_train=args.n_train,
+        categories=(cfg.category,),
+        image_size=cfg.image_size,
+        n_train=cfg.n_train,
         n_test_good=4,
         n_test_per_defect=2,
-        seed=0,
     )
     return data
 
 
 def _fit_plain(
-    data: str, model_cfg: Any, train_cfg: Any, tmp: str, args: argparse.Namespace
+    data: str, model_cfg: Any, train_cfg: Any, tmp: str, cfg: BgadFitBenchConfig
 ) -> tuple[dict[str, Any], str]:
     """``--plain``: one in-process fit, no Ray; its row and the artifact it saved."""
     from adray.catalog import open_manifest, readable_items
     from adray.detectors.bgad.session import fit_bgad_local
 
     t0 = time.perf_counter()
-    manifest = readable_items(open_manifest(data, "auto", categories=[args.category])[0])
+    manifest = readable_items(open_manifest(data, "auto", categories=[cfg.category])[0])
     det = fit_bgad_local(manifest.to_pylist(), model_cfg, train_cfg)
     m = det.metadata.get("last_metrics") or {}
     row = {
@@ -126,7 +141,7 @@ def _fit_plain(
 
 
 def _fit_workers(
-    data: str, model_cfg: Any, train_cfg: Any, tmp: str, w: int, args: argparse.Namespace
+    data: str, model_cfg: Any, train_cfg: Any, tmp: str, w: int, cfg: BgadFitBenchConfig
 ) -> tuple[dict[str, Any], str]:
     """One Ray Train fit on ``w`` workers; its row and the artifact it wrote."""
     from adray.train.bgad import fit_bgad
@@ -138,8 +153,8 @@ def _fit_workers(
         model_cfg,
         train_cfg,
         workers=w,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=cfg.gpus_per_worker,
+        cpus_per_worker=cfg.cpus_per_worker,
         run_name=f"bench-w{w}-{int(time.time())}",
     )
     m = s.last_metrics
@@ -154,22 +169,22 @@ def _fit_workers(
     return row, out
 
 
-def _score_rate(artifact: str, args: argparse.Namespace) -> dict[str, Any]:
+def _score_rate(artifact: str, cfg: BgadFitBenchConfig) -> dict[str, Any]:
     """Images per second scoring random images with the fitted artifact (one untimed warm-up batch)."""
     from adray.detectors.base import load_detector
 
-    det = load_detector(artifact, device=args.score_device)
+    det = load_detector(artifact, device=cfg.score_device)
     rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (args.score_batch, args.image_size, args.image_size, 3), dtype=np.uint8)
+    imgs = rng.integers(0, 256, (cfg.score_batch, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
     x = np.stack([det.preprocess({"image": im})["image"] for im in imgs])
     det.score({"image": x})  # warm-up
     t0 = time.perf_counter()
-    for _ in range(args.score_repeats):
+    for _ in range(cfg.score_repeats):
         det.score({"image": x})
     if det.device.type == "cuda":
         import torch
 
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    n = args.score_batch * args.score_repeats
+    n = cfg.score_batch * cfg.score_repeats
     return {"stage": "score", "workers": 1, "images_per_s": n / dt, "device": str(det.device)}

@@ -20,20 +20,38 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+
+from adray.config import Config, Flag, add_flags, flag_values
+
+
+class GpuBenchConfig(Config):
+    """The flags of ``jobs/benchmark.py gpu``."""
+
+    model_config = ConfigDict(title="gpu benchmark configuration")
+
+    images: Annotated[int, Flag("--images")] = Field(32, description="images per throughput measurement")
+    bank_rows: Annotated[int, Flag("--bank-rows")] = Field(
+        1_000_000, description="rows of the kNN / coreset bank"
+    )
+    sections: Annotated[str, Flag("--sections")] = Field(
+        "winclip,bgad,ddp,m3dm,memory", description="which checks to run"
+    )
+    device: Annotated[str, Flag("--device")] = Field(
+        "cuda", description="cuda (default) or cpu for a dry run"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=32, help="images per throughput measurement")
-    parser.add_argument("--bank-rows", type=int, default=1_000_000, help="rows of the kNN / coreset bank")
-    parser.add_argument("--sections", default="winclip,bgad,ddp,m3dm,memory", help="which checks to run")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
+    add_flags(parser, GpuBenchConfig, GpuBenchConfig.model_fields)
 
 
-DEVICE = "cuda"  # --device cpu runs the same checks on a CPU (a dry run of this script before a GPU lease)
+#: --device cpu runs the same checks on a CPU (a dry run of this script before a GPU lease)
+DEVICE: str = GpuBenchConfig.model_fields["device"].default
 
 
 def _sync() -> None:
@@ -261,20 +279,21 @@ def _memory(rows: int) -> list[dict[str, Any]]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(flags: argparse.Namespace) -> dict[str, Any]:
     global DEVICE
-    DEVICE = args.device
+    cfg = GpuBenchConfig(**flag_values(GpuBenchConfig, flags))
+    DEVICE = cfg.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         return {"name": "gpu", "rows": [], "notes": ["no CUDA device here: nothing to check"]}
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 stays the reference
-    sections = {s.strip() for s in args.sections.split(",")}
+    sections = {s.strip() for s in cfg.sections.split(",")}
     rows: list[dict[str, Any]] = []
     table = {
-        "winclip": lambda: _winclip(args.images),
-        "bgad": lambda: _bgad(args.images),
+        "winclip": lambda: _winclip(cfg.images),
+        "bgad": lambda: _bgad(cfg.images),
         "ddp": _ddp,
-        "m3dm": lambda: _m3dm(args.images),
-        "memory": lambda: _memory(args.bank_rows),
+        "m3dm": lambda: _m3dm(cfg.images),
+        "memory": lambda: _memory(cfg.bank_rows),
     }
     for name, fn in table.items():
         if name in sections:

@@ -17,38 +17,56 @@ import argparse
 import resource
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+
+from adray.config import Config, Flag, add_flags, flag_values
+
+
+class M3dmBenchConfig(Config):
+    """The flags of ``jobs/benchmark.py m3dm``."""
+
+    model_config = ConfigDict(title="m3dm benchmark configuration")
+
+    full: Annotated[bool, Flag("--full")] = Field(
+        False, description="full-size random backbones (slow on CPU)"
+    )
+    items: Annotated[int, Flag("--items")] = Field(8, description="items for the feature-extraction figure")
+    bank_rows: Annotated[int, Flag("--bank-rows")] = 1_000_000
+    bank_dim: Annotated[int, Flag("--bank-dim")] = 1152
+    coreset: Annotated[int, Flag("--coreset")] = Field(
+        1000, description="rows selected (iterations of the greedy loop)"
+    )
+    projection_dim: Annotated[int, Flag("--projection-dim")] = 128
+    knn_bank: Annotated[int, Flag("--knn-bank")] = Field(100_000, description="bank rows for the kNN timing")
+    queries: Annotated[int, Flag("--queries")] = 3136
+    device: Annotated[str | None, Flag("--device")] = Field(
+        None, description="cpu | cuda (default: cuda when available)"
+    )
+    skip: Annotated[str, Flag("--skip")] = Field(
+        "", description="comma list of parts to skip: features,coreset,knn"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--full", action="store_true", help="full-size random backbones (slow on CPU)")
-    parser.add_argument("--items", type=int, default=8, help="items for the feature-extraction figure")
-    parser.add_argument("--bank-rows", type=int, default=1_000_000)
-    parser.add_argument("--bank-dim", type=int, default=1152)
-    parser.add_argument(
-        "--coreset", type=int, default=1000, help="rows selected (iterations of the greedy loop)"
-    )
-    parser.add_argument("--projection-dim", type=int, default=128)
-    parser.add_argument("--knn-bank", type=int, default=100_000, help="bank rows for the kNN timing")
-    parser.add_argument("--queries", type=int, default=3136)
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: features,coreset,knn")
+    add_flags(parser, M3dmBenchConfig, M3dmBenchConfig.model_fields)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    skip = set(filter(None, args.skip.split(",")))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def run(flags: argparse.Namespace) -> dict[str, Any]:
+    cfg = M3dmBenchConfig(**flag_values(M3dmBenchConfig, flags))
+    skip = set(filter(None, cfg.skip.split(",")))
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict[str, Any]] = []
     notes = [f"device={device}, torch threads={torch.get_num_threads()}"]
     if "features" not in skip:
-        rows.append(bench_features(args.full, args.items, device))
+        rows.append(bench_features(cfg.full, cfg.items, device))
     if "coreset" not in skip:
-        rows.append(bench_coreset(args.bank_rows, args.bank_dim, args.coreset, args.projection_dim, device))
+        rows.append(bench_coreset(cfg.bank_rows, cfg.bank_dim, cfg.coreset, cfg.projection_dim, device))
     if "knn" not in skip:
-        rows.extend(bench_knn(args.knn_bank, args.bank_dim, args.queries, device))
+        rows.extend(bench_knn(cfg.knn_bank, cfg.bank_dim, cfg.queries, device))
     notes.append(
         "peak memory = growth of ru_maxrss during coreset selection (what it adds on top of the bank)"
     )

@@ -18,15 +18,18 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from adray import storage
 from adray.backbones.vit_features import ViTConfig
+from adray.config import Config, Flag, add_flags, flag_values
 from adray.detectors.m3dm.config import M3DMConfig, tiny_config
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 from adray.pipeline.spec import WEIGHT_KEYWORDS
+from adray.tables import text_table
 
 MODES = {
     "rgb": ("rgb", False),
@@ -158,78 +161,95 @@ def compare_modes(
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'mode':<12} {'3d_only':>8} {'rgb_visible':>11} {'all':>6} {'build_s':>8}"]
-    for name, r in results.items():
-        a = r["auroc"]
-        lines.append(
-            f"{name:<12} {a.get('3d_only', float('nan')):>8.3f} {a.get('rgb_visible', float('nan')):>11.3f} "
-            f"{a.get('all', float('nan')):>6.3f} {r['build_s']:>8.1f}"
-        )
-    return "\n".join(lines)
+    """Per mode: image AUROC on 3D-only, RGB-visible and all defects (nan: no such items), build seconds."""
+    nan = float("nan")
+    cells = [
+        [
+            name,
+            *(f"{r['auroc'].get(g, nan):.3f}" for g in ("3d_only", "rgb_visible", "all")),
+            f"{r['build_s']:.1f}",
+        ]
+        for name, r in results.items()
+    ]
+    return text_table(("mode", "3d_only", "rgb_visible", "all", "build_s"), cells, rule=False)
+
+
+class M3dmCompareConfig(Config):
+    """The flags of ``jobs/benchmark.py m3dm-compare`` (and of ``python -m adray.bench.m3dm_compare``);
+    ``--address``: :func:`add_address_argument`."""
+
+    model_config = ConfigDict(title="m3dm-compare configuration")
+
+    data: Annotated[str | None, Flag("--data")] = Field(
+        None,
+        description="MVTec 3D-AD layout prefix (written first with --generate; default: a new temporary "
+        "folder, generated)",
+    )
+    category: Annotated[str, Flag("--category")] = "cookie"
+    modes: Annotated[str, Flag("--modes")] = ",".join(MODES)
+    generate: Annotated[bool, Flag("--generate")] = Field(
+        False, description="write the synthetic dataset to --data first"
+    )
+    image_size: Annotated[int, Flag("--image-size")] = 64
+    n_train: Annotated[int, Flag("--n-train")] = 24
+    n_test: Annotated[int, Flag("--n-test")] = Field(8, description="test items per defect type (and good)")
+    seed: Annotated[int, Flag("--seed")] = 0
+    tiny: Annotated[bool, Flag("--tiny")] = Field(False, description="CI-sized random backbones")
+    workers: Annotated[int, Flag("--workers")] = 2
+    uff_workers: Annotated[int, Flag("--uff-workers")] = 0
+    uff_steps: Annotated[int | None, Flag("--uff-steps")] = None
+    work: Annotated[str | None, Flag("--work")] = Field(
+        None, description="where artifacts go (default: a temporary folder)"
+    )
+    address: str | None = None  # Ray cluster; flag: cluster.add_address_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``jobs/benchmark.py m3dm-compare`` (and of ``python -m adray.bench.m3dm_compare``)."""
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="MVTec 3D-AD layout prefix (written first with --generate; default: a new temporary folder, generated)",
-    )
-    parser.add_argument("--category", default="cookie")
-    parser.add_argument("--modes", default="rgb,xyz,rgb+xyz,rgb+xyz+uff")
-    parser.add_argument("--generate", action="store_true", help="write the synthetic dataset to --data first")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--n-train", type=int, default=24)
-    parser.add_argument("--n-test", type=int, default=8, help="test items per defect type (and good)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tiny", action="store_true", help="CI-sized random backbones")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--uff-workers", type=int, default=0)
-    parser.add_argument("--uff-steps", type=int, default=None)
-    parser.add_argument("--work", default=None, help="where artifacts go (default: a temporary folder)")
+    add_flags(parser, M3dmCompareConfig, [f for f in M3dmCompareConfig.model_fields if f != "address"])
     add_address_argument(parser)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(flags: argparse.Namespace) -> dict[str, Any]:
     """Generate (when asked or when ``--data`` is not given), build and score every mode; print the table.
 
     Returns the benchmark result ``{"name", "rows", "notes"}`` (one row per mode: AUROC per defect group)."""
-    if args.data is None:
-        args.data, args.generate = tempfile.mkdtemp(prefix="m3dm-compare-data-"), True
-    args.data = storage.absolute_url(args.data)  # read by Ray workers, whose working directory differs
-    args.work = storage.absolute_url(args.work) if args.work else None
-
-    if args.generate:
+    cfg = M3dmCompareConfig(**flag_values(M3dmCompareConfig, flags), address=flags.address)
+    data, generate = cfg.data, cfg.generate
+    if data is None:
+        data, generate = tempfile.mkdtemp(prefix="m3dm-compare-data-"), True
+    data = storage.absolute_url(data)  # read by Ray workers, whose working directory differs
+    if generate:
         from adray.synthetic import generate_mvtec_3d
 
         generate_mvtec_3d(
-            args.data,
-            categories=(args.category,),
-            image_size=args.image_size,
-            n_train=args.n_train,
-            n_validation=max(4, args.n_train // 4),
-            n_test_good=args.n_test,
-            n_test_per_defect=args.n_test,
-            seed=args.seed,
+            data,
+            categories=(cfg.category,),
+            image_size=cfg.image_size,
+            n_train=cfg.n_train,
+            n_validation=max(4, cfg.n_train // 4),
+            n_test_good=cfg.n_test,
+            n_test_per_defect=cfg.n_test,
+            seed=cfg.seed,
         )
-    ensure_ray(args.address, log_to_driver=False, configure_logging=False)
+    ensure_ray(cfg.address, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    work = args.work or tempfile.mkdtemp(prefix="m3dm-compare-")
+    work = storage.absolute_url(cfg.work) if cfg.work else tempfile.mkdtemp(prefix="m3dm-compare-")
     results = compare_modes(
-        args.data,
-        args.category,
-        args.modes.split(","),
+        data,
+        cfg.category,
+        cfg.modes.split(","),
         work,
-        tiny=args.tiny,
-        workers=args.workers,
-        uff_workers=args.uff_workers,
-        uff_steps=args.uff_steps,
+        tiny=cfg.tiny,
+        workers=cfg.workers,
+        uff_workers=cfg.uff_workers,
+        uff_steps=cfg.uff_steps,
     )
     print(
         json.dumps(results, indent=2, default=str)
-        if getattr(args, "print_json", False)
+        if getattr(flags, "print_json", False)
         else format_table(results)
     )
     rows = [
@@ -238,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "name": "m3dm-compare",
         "rows": rows,
-        "notes": [f"category {args.category}, artifacts under {work}"],
+        "notes": [f"category {cfg.category}, artifacts under {work}"],
     }
 
 

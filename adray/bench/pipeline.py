@@ -33,10 +33,12 @@ import argparse
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
+from adray.backbones.open_clip import DEFAULT_MODEL, TINY_CLIP
 from adray.bench.pipeline_harness import (
     _actor_rate,
     _BareLoop,
@@ -44,6 +46,7 @@ from adray.bench.pipeline_harness import (
     _wait_for_scoring_actors_to_exit,
     _write_archive,
 )
+from adray.config import Config, Flag, add_flags, flag_values
 from adray.job_env import describe
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 from adray.tables import text_table
@@ -51,93 +54,99 @@ from adray.tables import text_table
 if TYPE_CHECKING:
     from adray.pipeline import ScoreConfig
 
-TINY = "adray-tiny-clip"
-PAPER_MODEL = "ViT-B-16-plus-240"
+TINY = TINY_CLIP
+PAPER_MODEL = DEFAULT_MODEL
+
+
+class PipelineBenchConfig(Config):
+    """The flags of ``jobs/benchmark.py pipeline`` (``--address``: :func:`add_address_argument`)."""
+
+    model_config = ConfigDict(title="pipeline benchmark configuration")
+
+    n: Annotated[int, Flag("--n")] = Field(4, description="items of the small run (the large one has 4N)")
+    image_size: Annotated[int, Flag("--image-size")] = Field(
+        240, description="side of the synthetic test images"
+    )
+    model: Annotated[str, Flag("--model")] = Field(
+        PAPER_MODEL,
+        description=f"open_clip model for WinCLIP, random weights (default {PAPER_MODEL}; {TINY} for a tiny one)",
+    )
+    batch_size: Annotated[int, Flag("--batch-size")] = 4
+    actors: Annotated[int, Flag("--actors")] = 1
+    threads: Annotated[int, Flag("--threads")] = Field(
+        2, description="torch threads for the bare loop and each actor"
+    )
+    retain_memory: Annotated[bool, Flag("--no-retain-memory", negate=True)] = Field(
+        True, description="leave glibc's allocator at its defaults in the bare loop and the scoring actors"
+    )
+    repeats: Annotated[int, Flag("--repeats")] = Field(
+        3,
+        ge=1,
+        description="repeat (bare loop, pipeline N, pipeline 4N) this many times and report the median ratio: "
+        "a 2-core VM's speed drifts by 10-20 %% over minutes",
+    )
+    ray_default_timers: Annotated[bool, Flag("--ray-default-timers")] = Field(
+        False,
+        description="start the embedded cluster with Ray's default report timers instead of the scoring jobs' "
+        "quieter ones (adray.pipeline.runner.EMBEDDED_RAY_SYSTEM_CONFIG), to measure what they change",
+    )
+    workdir: Annotated[str, Flag("--workdir")] = Field(
+        "bench_out/pipeline", description="where images, results and masks go"
+    )
+    address: str | None = None  # Ray cluster; flag: cluster.add_address_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=4, help="items of the small run (the large one has 4N)")
-    parser.add_argument("--image-size", type=int, default=240, help="side of the synthetic test images")
-    parser.add_argument(
-        "--model",
-        default=PAPER_MODEL,
-        help=f"open_clip model for WinCLIP, random weights (default {PAPER_MODEL}; {TINY} for a tiny one)",
-    )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads for the bare loop and each actor"
-    )
-    parser.add_argument(
-        "--no-retain-memory",
-        dest="retain_memory",
-        action="store_false",
-        help="leave glibc's allocator at its defaults in the bare loop and the scoring actors",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=3,
-        help="repeat (bare loop, pipeline N, pipeline 4N) this many times and report the median ratio: "
-        "a 2-core VM's speed drifts by 10-20 %% over minutes",
-    )
-    parser.add_argument(
-        "--ray-default-timers",
-        action="store_true",
-        help="start the embedded cluster with Ray's default report timers instead of the scoring jobs' "
-        "quieter ones (adray.pipeline.runner.EMBEDDED_RAY_SYSTEM_CONFIG), to measure what they change",
-    )
-    parser.add_argument("--workdir", default="bench_out/pipeline", help="where images, results and masks go")
+    add_flags(parser, PipelineBenchConfig, [f for f in PipelineBenchConfig.model_fields if f != "address"])
     add_address_argument(parser)  # attached: the cluster stays up, and the bare loop runs beside it
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(flags: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from adray.pipeline import ScoreConfig
 
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    work = os.path.abspath(args.workdir)
+    cfg = PipelineBenchConfig(**flag_values(PipelineBenchConfig, flags), address=flags.address)
+    work = os.path.abspath(cfg.workdir)
     shutil.rmtree(work, ignore_errors=True)
-    manifests = _write_archive(work, args.n, args.image_size)
-    options = {"model_name": args.model}
+    manifests = _write_archive(work, cfg.n, cfg.image_size)
+    options = {"model_name": cfg.model}
     measured = ScoreConfig(
         input=manifests[0][1],
         output=work,
         detectors=["winclip"],
         weights="random",
         detector_options=options,
-        batch_size=args.batch_size,
-        actors=args.actors,
-        num_cpus=args.threads,
-        retain_memory=args.retain_memory,
+        batch_size=cfg.batch_size,
+        actors=cfg.actors,
+        num_cpus=cfg.threads,
+        retain_memory=cfg.retain_memory,
     )
-    bare = _BareLoop(options, args)
-    if args.address:
-        ensure_ray(args.address, log_to_driver=False)
+    bare = _BareLoop(options, retain_memory=cfg.retain_memory, threads=cfg.threads, batch_size=cfg.batch_size)
+    if cfg.address:
+        ensure_ray(cfg.address, log_to_driver=False)
     own_ray = not ray.is_initialized()  # else: attached by the caller, and the bare loop runs beside it
     rows: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
     bare_ips = bare.items_per_s(manifests[1][1])
-    rows.append(_bare_row(0, 4 * args.n, bare_ips))
-    for rep in range(1, args.repeats + 1):
-        small, large = _pipeline_pair(measured, manifests, work, rep, own_ray, args)
+    rows.append(_bare_row(0, 4 * cfg.n, bare_ips))
+    for rep in range(1, cfg.repeats + 1):
+        small, large = _pipeline_pair(measured, manifests, work, rep, own_ray, cfg)
         bare_next = bare.items_per_s(manifests[1][1])
         rows.append(small)
         rows.append(large)
-        rows.append(_bare_row(rep, 4 * args.n, bare_next))
+        rows.append(_bare_row(rep, 4 * cfg.n, bare_next))
         reference = (bare_ips + bare_next) / 2  # the bare loop on either side of this repeat
         for r in (small, large):
             r["ratio_vs_bare"] = r["items_per_s"] / reference
             r["actor_ratio"] = r["actor_items_per_s"] / reference
         extra = large["wall_s"] - small["wall_s"]
-        large["marginal_items_per_s"] = marginal = 3 * args.n / extra if extra > 0 else float("nan")
+        large["marginal_items_per_s"] = marginal = 3 * cfg.n / extra if extra > 0 else float("nan")
         large["marginal_ratio"] = marginal / reference
         repeats.append({"small": small, "large": large})
         bare_ips = bare_next
     bare_rates = [r["items_per_s"] for r in rows if r["mode"].startswith("bare")]
-    result = {"name": "pipeline", "rows": rows, "notes": _notes(args, measured, repeats, bare_rates)}
+    result = {"name": "pipeline", "rows": rows, "notes": _notes(cfg, measured, repeats, bare_rates)}
     _print(result)
     return result
 
@@ -148,7 +157,7 @@ def _pipeline_pair(
     work: str,
     rep: int,
     own_ray: bool,
-    args: argparse.Namespace,
+    cfg: PipelineBenchConfig,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One repeat: the embedded cluster up and warm, the N run, the 4N run, the cluster down again."""
     import ray
@@ -157,8 +166,8 @@ def _pipeline_pair(
     from adray.pipeline.runner import start_embedded_ray
 
     if own_ray:  # what `jobs/score.py` starts when no cluster is running
-        timers = {} if args.ray_default_timers else None
-        start_embedded_ray(num_cpus=max(4, 2 * args.actors + 2), system_config=timers, log_to_driver=False)
+        timers = {} if cfg.ray_default_timers else None
+        start_embedded_ray(num_cpus=max(4, 2 * cfg.actors + 2), system_config=timers, log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -166,7 +175,7 @@ def _pipeline_pair(
     # long-running cluster has paid that already, so neither measured run should.
     warm = measured.replace(
         output=os.path.join(work, f"out-warmup-{rep}"),
-        limit=min(args.n, args.batch_size),
+        limit=min(cfg.n, cfg.batch_size),
         actors=1,
         run_id=f"bench-warmup-{rep}",
     )
@@ -210,7 +219,7 @@ def _bare_row(rep: int, items: int, items_per_s: float) -> dict[str, Any]:
 
 
 def _notes(
-    args: argparse.Namespace, measured: ScoreConfig, repeats: list[dict[str, Any]], bare_rates: list[float]
+    cfg: PipelineBenchConfig, measured: ScoreConfig, repeats: list[dict[str, Any]], bare_rates: list[float]
 ) -> list[str]:
     marginal = [r["large"]["marginal_ratio"] for r in repeats]
     in_actor = [r["large"]["actor_ratio"] for r in repeats]
@@ -219,11 +228,11 @@ def _notes(
     large_rss = max(r["large"]["peak_rss_mb"] for r in repeats)
     listed = ", ".join
     return [
-        f"WinCLIP {args.model} (random weights), {args.image_size}px PNGs, batch {args.batch_size}, "
-        f"{args.actors} actor(s), torch threads {args.threads}, retain freed memory: {args.retain_memory}, "
+        f"WinCLIP {cfg.model} (random weights), {cfg.image_size}px PNGs, batch {cfg.batch_size}, "
+        f"{cfg.actors} actor(s), torch threads {cfg.threads}, retain freed memory: {cfg.retain_memory}, "
         f"scoring actor env: {describe(measured.actor_env_vars())}, Ray timers: "
-        f"{'default' if args.ray_default_timers else 'quiet (EMBEDDED_RAY_SYSTEM_CONFIG)'}",
-        f"{len(repeats)} repeat(s) of: bare loop over the 4N items, then the pipeline on N={args.n} and 4N items; "
+        f"{'default' if cfg.ray_default_timers else 'quiet (EMBEDDED_RAY_SYSTEM_CONFIG)'}",
+        f"{len(repeats)} repeat(s) of: bare loop over the 4N items, then the pipeline on N={cfg.n} and 4N items; "
         "each repeat's reference is the mean of the bare loops on either side of it",
         f"bare loop items/s: {listed(f'{r:.3g}' for r in bare_rates)}",
         f"throughput ratio pipeline/bare, marginal (3N extra items / extra wall time, which cancels the per-run "

@@ -5,7 +5,6 @@ Ray descendants, the scoring actors' own rate, and the wait for a finished pool'
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
@@ -83,17 +82,19 @@ def _write_archive(work: str, n: int, size: int) -> list[tuple[int, str]]:
 class _BareLoop:
     """The detector in a plain loop in this process: model loaded and one batch run before any timing."""
 
-    def __init__(self, options: dict[str, Any], args: argparse.Namespace) -> None:
+    def __init__(
+        self, options: dict[str, Any], *, retain_memory: bool, threads: int, batch_size: int
+    ) -> None:
         import torch
 
         from adray.detectors.base import create_detector
 
-        if args.retain_memory:
+        if retain_memory:
             from adray.runtime import retain_freed_memory
 
             retain_freed_memory()
-        torch.set_num_threads(args.threads)
-        self.batch_size = args.batch_size
+        torch.set_num_threads(threads)
+        self.batch_size = batch_size
         self.det = create_detector("winclip", class_name="tile", weights="random", device="cpu", **options)
         self._warm = False
 

@@ -16,42 +16,60 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+
+from adray.backbones.open_clip import DEFAULT_MODEL
+from adray.config import Config, Flag, add_flags, flag_values
 
 #: anomalib 2.7 + open_clip 2.24, random weights, batch 4, 2 threads, this project's 2-core AMX Xeon (issue text)
 ANOMALIB_IMAGES_PER_S = 0.26
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip model name")
-    parser.add_argument(
-        "--weights", default="random", help="random (default, no download), pretrained or a file"
+class WinclipBenchConfig(Config):
+    """The flags of ``jobs/benchmark.py winclip``."""
+
+    model_config = ConfigDict(title="winclip benchmark configuration")
+
+    model: Annotated[str, Flag("--model")] = Field(DEFAULT_MODEL, description="open_clip model name")
+    weights: Annotated[str, Flag("--weights")] = Field(
+        "random", description="random (default, no download), pretrained or a file"
     )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--shots", type=int, default=4, help="reference images for the k-shot rows")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per row (best is reported)")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16 (CUDA)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
+    batch_size: Annotated[int, Flag("--batch-size")] = 4
+    shots: Annotated[int, Flag("--shots")] = Field(4, description="reference images for the k-shot rows")
+    threads: Annotated[int, Flag("--threads")] = Field(2, description="torch CPU threads")
+    repeats: Annotated[int, Flag("--repeats")] = Field(2, description="timed runs per row (best is reported)")
+    precisions: Annotated[str, Flag("--precisions")] = Field(
+        "fp32,bf16", description="comma-separated: fp32, bf16, fp16 (CUDA)"
+    )
+    device: Annotated[str | None, Flag("--device")] = Field(
+        None, description="cpu or cuda (default: CUDA when available)"
+    )
 
 
-def run(args: argparse.Namespace) -> dict:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, WinclipBenchConfig, WinclipBenchConfig.model_fields)
+
+
+def run(flags: argparse.Namespace) -> dict:
     from adray.backbones.open_clip import load_clip
     from adray.cpu import cpu_capabilities
     from adray.detectors.winclip import create_winclip
     from adray.detectors.winclip.model import effective_precision
 
-    torch.set_num_threads(args.threads)
-    backbone = load_clip(args.model, args.weights, device=args.device)
+    cfg = WinclipBenchConfig(**flag_values(WinclipBenchConfig, flags))
+    torch.set_num_threads(cfg.threads)
+    backbone = load_clip(cfg.model, cfg.weights, device=cfg.device)
     rng = np.random.default_rng(0)
-    raw = rng.integers(0, 256, (args.batch_size + args.shots, 240, 240, 3), dtype=np.uint8)
+    raw = rng.integers(0, 256, (cfg.batch_size + cfg.shots, 240, 240, 3), dtype=np.uint8)
     rows: list[dict] = []
     outputs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     queries = references = None
     fallbacks: list[str] = []
-    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+    for precision in [p.strip() for p in cfg.precisions.split(",") if p.strip()]:
         runs, why = effective_precision(precision, backbone.device)
         if runs != precision and precision != "auto":
             rows.append({"mode": "winclip", "precision": precision, "runs": f"{runs} (fallback, not timed)"})
@@ -59,42 +77,38 @@ def run(args: argparse.Namespace) -> dict:
             continue
         detector = create_winclip(
             class_name="bottle",
-            weights=args.weights,
-            model_name=args.model,
-            device=args.device,
+            weights=cfg.weights,
+            model_name=cfg.model,
+            device=cfg.device,
             precision=precision,
         )
         if queries is None:
             images = torch.from_numpy(np.stack([detector.preprocess({"image": im})["image"] for im in raw]))
-            queries, references = images[: args.batch_size], list(raw[args.batch_size :])
-            seconds, _ = _best(_encode_image, (backbone, queries), args.repeats, backbone.device)
-            rows.append(_row("clip encode_image", "fp32", args.batch_size, seconds))
+            queries, references = images[: cfg.batch_size], list(raw[cfg.batch_size :])
+            seconds, _ = _best(_encode_image, (backbone, queries), cfg.repeats, backbone.device)
+            rows.append(_row("clip encode_image", "fp32", cfg.batch_size, seconds))
         seconds, outputs[("zero-shot", precision)] = _best(
-            _score, (detector, queries), args.repeats, backbone.device
+            _score, (detector, queries), cfg.repeats, backbone.device
         )
         runs = detector.effective_precision
-        rows.append(
-            _row("winclip zero-shot", precision, args.batch_size, seconds, outputs, "zero-shot", runs)
-        )
+        rows.append(_row("winclip zero-shot", precision, cfg.batch_size, seconds, outputs, "zero-shot", runs))
         start = time.perf_counter()
         detector.set_reference_images(references)
         setup = time.perf_counter() - start
-        mode = f"winclip {args.shots}-shot"
-        seconds, outputs[(mode, precision)] = _best(
-            _score, (detector, queries), args.repeats, backbone.device
-        )
-        rows.append(_row(mode, precision, args.batch_size, seconds, outputs, mode, runs))
+        mode = f"winclip {cfg.shots}-shot"
+        seconds, outputs[(mode, precision)] = _best(_score, (detector, queries), cfg.repeats, backbone.device)
+        rows.append(_row(mode, precision, cfg.batch_size, seconds, outputs, mode, runs))
         rows[-1]["reference setup s"] = round(setup, 2)
     caps = cpu_capabilities()
     auto = effective_precision("auto", backbone.device)[0]
-    notes = _notes(args, backbone.device, rows, fallbacks, caps, auto)
+    notes = _notes(cfg, backbone.device, rows, fallbacks, caps, auto)
     result = {"name": "winclip", "rows": rows, "notes": notes, "cpu": caps.as_dict(), "auto": auto}
     print(_table(result))
     return result
 
 
 def _notes(
-    args: argparse.Namespace, device: torch.device, rows: list[dict], fallbacks: list[str], caps, auto: str
+    cfg: WinclipBenchConfig, device: torch.device, rows: list[dict], fallbacks: list[str], caps, auto: str
 ) -> list[str]:
     """The run's settings, the CPU, what ``auto`` chose, the deviation columns' meaning, fallbacks, and
     (ViT-B on an AMX CPU) the ratio to anomalib's figure."""
@@ -104,8 +118,8 @@ def _notes(
     zero, bf16 = zero_shot.get("fp32"), zero_shot.get("bf16")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     notes = [
-        f"{args.model} weights={args.weights} batch={args.batch_size} threads={args.threads} "
-        f"device={device}; best of {args.repeats} after a warm-up; load average {load}",
+        f"{cfg.model} weights={cfg.weights} batch={cfg.batch_size} threads={cfg.threads} "
+        f"device={device}; best of {cfg.repeats} after a warm-up; load average {load}",
         f"CPU: {caps.summary()}",
         f"precision auto chose: {auto} "
         + ("(CUDA autocast)" if device.type == "cuda" else "(bf16 windows on AMX only, else fp32)"),
@@ -113,7 +127,7 @@ def _notes(
         f"tolerance {BF16_TOLERANCE['image_score']:g} / {BF16_TOLERANCE['anomaly_map']:g}",
         *(f"fallback {f}" for f in fallbacks),
     ]
-    if zero and args.model == "ViT-B-16-plus-240" and device.type == "cpu" and caps.amx_bf16:
+    if zero and cfg.model == DEFAULT_MODEL and device.type == "cpu" and caps.amx_bf16:
         notes.append(
             f"anomalib 2.7 WinCLIP zero-shot on the AMX Xeon (issue text): {ANOMALIB_IMAGES_PER_S} "
             f"images/s; fp32 here: {zero / ANOMALIB_IMAGES_PER_S:.2f}x, bf16 here: "

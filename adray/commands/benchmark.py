@@ -12,9 +12,13 @@ import importlib
 import json
 import platform
 import time
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
 
 from adray import storage
 from adray.bench.tables import format_rows
+from adray.config import Config, Flag, add_flags, flag_values
 
 #: benchmark name -> module under adray.bench
 BENCHMARKS: dict[str, str] = {
@@ -30,6 +34,18 @@ BENCHMARKS: dict[str, str] = {
 NOT_IN_ALL = frozenset({"bgad-compare", "m3dm-compare"})
 
 
+class BenchmarkConfig(Config):
+    """The flags ``adray benchmark`` adds itself: ``--json`` to every benchmark, ``--skip`` to ``all``
+    (each benchmark's own flags are its module's config fields)."""
+
+    model_config = ConfigDict(title="benchmark configuration")
+
+    json_path: Annotated[str | None, Flag("--json", dest="json")] = Field(
+        None, description="also write the results as JSON to this path/URL"
+    )
+    skip: Annotated[str, Flag("--skip")] = Field("", description="comma-separated benchmarks to leave out")
+
+
 def _module(name: str):
     return importlib.import_module(f"adray.bench.{BENCHMARKS[name]}")
 
@@ -42,10 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             _module(name).add_arguments(p)
         except ImportError as e:  # a benchmark whose room has not landed yet
             p.set_defaults(_unavailable=str(e))
-        p.add_argument("--json", default=None, help="also write the results as JSON to this path/URL")
+        add_flags(p, BenchmarkConfig, ("json_path",))
     p = sub.add_parser("all", help="run every benchmark with its defaults and print one table")
-    p.add_argument("--json", default=None, help="also write the results as JSON to this path/URL")
-    p.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+    add_flags(p, BenchmarkConfig, ("json_path", "skip"))
 
 
 def _defaults(name: str) -> argparse.Namespace:
@@ -84,9 +99,10 @@ def combined(results: list[dict]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    own = BenchmarkConfig(**flag_values(BenchmarkConfig, args))
     results = []
     if args.benchmark == "all":
-        skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+        skip = {s.strip() for s in own.skip.split(",") if s.strip()}
         for name in BENCHMARKS:
             if name in skip or name in NOT_IN_ALL:
                 continue
@@ -102,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
         results.append(_module(args.benchmark).run(args))
     env = environment()
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    if args.json:
+    if own.json_path:
         storage.write_text(
-            args.json, json.dumps({"environment": env, "results": results}, indent=2, default=str)
+            own.json_path, json.dumps({"environment": env, "results": results}, indent=2, default=str)
         )
     return 0

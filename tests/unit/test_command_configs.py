@@ -13,8 +13,8 @@ from adray.cli import build_parser
 from adray.config import Flag, add_flags, flag_values
 from adray.strategy.inventory import CategoryInventory, Inventory
 
-#: flags that are no config field's (help, the cluster address, benchmark.py's own --json / --skip)
-NOT_FIELDS = {"help", "address", "json", "skip"}
+#: flags that are no config field's (help; the cluster address: adray.pipeline.cluster.add_address_argument)
+NOT_FIELDS = {"help", "address"}
 
 
 def _models(parser: argparse.ArgumentParser) -> dict[str, type]:
@@ -38,7 +38,17 @@ _MODULE_OF = {
     "LabelsListConfig": "adray.commands.labels",
     "PlanConfig": "adray.commands.plan",
     "FitConfig": "adray.commands.fit",
+    "BenchmarkConfig": "adray.commands.benchmark",
+    "WinclipBenchConfig": "adray.bench.winclip",
+    "PipelineBenchConfig": "adray.bench.pipeline",
+    "BgadFitBenchConfig": "adray.bench.bgad_fit",
+    "BgadCompareConfig": "adray.bench.bgad_compare",
+    "M3dmBenchConfig": "adray.bench.m3dm",
+    "GpuBenchConfig": "adray.bench.gpu",
+    "M3dmCompareConfig": "adray.bench.m3dm_compare",
 }
+#: benchmark module -> its config
+BENCH_CONFIGS = {module: name for name, module in _MODULE_OF.items() if module.startswith("adray.bench.")}
 
 
 def _check_fields(parser: argparse.ArgumentParser, where: str) -> None:
@@ -61,7 +71,9 @@ def _check_fields(parser: argparse.ArgumentParser, where: str) -> None:
             assert action.default == field.get_default(call_default_factory=True), field_ref
 
 
-@pytest.mark.parametrize("command", ["synth", "demo", "catalog", "query", "labels", "plan", "fit"])
+@pytest.mark.parametrize(
+    "command", ["synth", "demo", "catalog", "query", "labels", "plan", "fit", "benchmark"]
+)
 def test_command_flags_are_config_fields(command):
     _check_fields(build_parser(f"adray {command}", command), command)
 
@@ -94,6 +106,44 @@ def test_no_optional_flag_gives_the_config_defaults():
     assert PlanConfig(**flag_values(PlanConfig, args)) == PlanConfig(input="i")
     args = _parse("fit", ["--input", "i", "--output", "o"])
     assert FitConfig(**flag_values(FitConfig, args)) == FitConfig(input="i", output="o")
+
+
+@pytest.mark.parametrize("module", sorted(BENCH_CONFIGS))
+def test_benchmark_defaults_are_its_config_defaults(module):
+    bench = importlib.import_module(module)
+    config = getattr(bench, BENCH_CONFIGS[module])
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert config(**flag_values(config, parser.parse_args([]))) == config()
+
+
+def test_bgad_benchmark_configs_reach_bgad_as_their_flags_do():
+    """configs_from_flags reads a benchmark's config as it reads its parsed flags; the shared fields
+    (category, backbone, weights, image size) are one declaration for both BGAD benchmarks."""
+    from adray.bench import bgad_compare, bgad_fit
+    from adray.bench.bgad_config import BgadBenchConfig
+    from adray.detectors.bgad.config import configs_from_flags
+
+    for bench, config in (
+        (bgad_fit, bgad_fit.BgadFitBenchConfig),
+        (bgad_compare, bgad_compare.BgadCompareConfig),
+    ):
+        parser = argparse.ArgumentParser()
+        bench.add_arguments(parser)
+        args = parser.parse_args(["--epochs", "3", "--backbone", "resnet18"])
+        cfg = config(**flag_values(config, args))
+        assert configs_from_flags(cfg, seen_defects=None) == configs_from_flags(args, seen_defects=None)
+        assert issubclass(config, BgadBenchConfig) and cfg.epochs == 3
+        own = set(vars(config).get("__annotations__", {}))  # the fields this class declares itself
+        assert own.isdisjoint(BgadBenchConfig.model_fields), f"{config.__name__} restates a shared field"
+
+
+def test_pipeline_benchmark_repeats_must_be_positive():
+    from adray.bench.pipeline import PipelineBenchConfig
+    from adray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--repeats must be >= 1, got 0"):
+        PipelineBenchConfig(repeats=0)
 
 
 def test_synth_and_demo_flags_set_the_dataset_config():
