@@ -11,7 +11,8 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,6 +25,13 @@ _ERRORS = {
 }
 
 Rule = Callable[[str, str, str], Any]
+
+
+def serve() -> Iterator[FaultyS3]:
+    """A started server, stopped when the generator is closed: the body of a ``faulty`` fixture."""
+    server = FaultyS3().start()
+    yield server
+    server.stop()
 
 
 class FaultyS3:
@@ -49,6 +57,26 @@ class FaultyS3:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+    def passing(self) -> None:
+        """Let every request through to moto again."""
+        self.rule = lambda method, bucket, key: None
+
+    def bucket(self, monkeypatch: Any, prefix: str, objects: dict[str, bytes], **env: str) -> str:
+        """A fresh bucket ``<prefix>-<8 hex>`` holding ``objects``, every rule passing; adray's storage
+        pointed here (``monkeypatch.setenv``: endpoint, dummy credentials, us-east-1, then ``env``)."""
+        import boto3
+
+        creds = {"ADRAY_S3_ENDPOINT": self.endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        for k, v in {**creds, "AWS_REGION": "us-east-1", **env}.items():
+            monkeypatch.setenv(k, v)
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.passing()
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=name)
+        for key, body in objects.items():
+            client.put_object(Bucket=name, Key=key, Body=body)
+        return name
 
     def requests(self, method: str | None = None, key: str | None = None) -> list[tuple[str, str, str, str]]:
         with self._lock:

@@ -12,6 +12,9 @@ stored maps instead; ``test_decisions_regions.py`` checks localisation with a ti
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -21,6 +24,9 @@ from adray.io.masks import decode_map_png16
 from adray.pipeline import ScoreConfig, score_archive
 from adray.pipeline.query import connect
 from adray.regions import region_mask
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.tiny_bgad import fit_tiny_bgad  # noqa: E402
 
 pytestmark = pytest.mark.integration
 PIXEL_MM = 0.25
@@ -52,8 +58,6 @@ def _config(manifest: str, out: str, detectors: list[str], **kw) -> ScoreConfig:
 
 
 def test_zero_shot_then_fitted_bgad_then_labels(ray_session, archive, tmp_path):
-    from adray.detectors.bgad import BgadConfig, BgadTrainConfig
-    from adray.detectors.bgad.session import fit_bgad_local
     from adray.labels import import_labels
 
     data, manifest = archive
@@ -66,14 +70,8 @@ def test_zero_shot_then_fitted_bgad_then_labels(ray_session, archive, tmp_path):
     assert {r["threshold_source"] for r in rows} == {"uncalibrated_prompt_prob_0.5"}
 
     fit_rows = catalog.build_manifest(data, "auto", categories=["bottle"])[0].to_pylist()
-    model_cfg = BgadConfig(
-        category="bottle", backbone="test_efficientnet", weights="random", image_size=32, n_blocks=2
-    )
-    train_cfg = BgadTrainConfig(
-        meta_epochs=1, sub_epochs=1, batch_size=8, num_anomalies=0, calibration_fraction=0.25
-    )
     artifact = str(tmp_path / "models" / "bgad-bottle")
-    fit_bgad_local(fit_rows, model_cfg, train_cfg, device="cpu").save(artifact)
+    fit_tiny_bgad(fit_rows, num_anomalies=0, calibration_fraction=0.25).save(artifact)
     score_archive(_config(manifest, out, [artifact], run_id="bgad"))
     rows = [r for r in _rows(out, "bgad") if r["status"] == "ok"]
     assert len(rows) == 6 and {r["threshold_source"] for r in rows} == {"heldout_normals_fpr_0.01"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,7 +13,9 @@ from adray import storage
 from adray.catalog import build_manifest
 from adray.detectors.base import load_detector, read_artifact_config
 from adray.detectors.bgad import BgadConfig, BgadTrainConfig
-from adray.synthetic import generate_mvtec_ad
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.tiny_bgad import bottle_archive, tiny_model_config, tiny_train_config  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -18,27 +23,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("bgad-data") / "mvtec")
-    generate_mvtec_ad(
-        root, categories=("bottle",), image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2, seed=0
-    )
-    return root
+    return bottle_archive(root, image_size=64, n_train=10, n_test_good=3, n_test_per_defect=2)
 
 
 def _configs(**train) -> tuple[BgadConfig, BgadTrainConfig]:
-    model = BgadConfig(
-        category="bottle", backbone="test_efficientnet", weights="random", image_size=64, n_blocks=2
-    )
-    opts = dict(
-        meta_epochs=3,
-        sub_epochs=1,
-        batch_size=8,
-        chunk_size=1024,
-        num_anomalies=4,
-        copy_paste_variants=1,
-        anomaly_repeats=2,
-    )
-    opts.update(train)
-    return model, BgadTrainConfig(**opts)
+    options = dict(meta_epochs=3, chunk_size=1024, num_anomalies=4, copy_paste_variants=1, anomaly_repeats=2)
+    return tiny_model_config(image_size=64), tiny_train_config(**{**options, **train})
 
 
 def _score_with_pipeline_stages(artifact: str, dataset: str) -> pa.Table:

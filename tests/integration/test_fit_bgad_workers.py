@@ -17,6 +17,9 @@ steps) moves the same log-likelihoods by more than ``10 x LL_TOL`` even in this 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +27,9 @@ import torch
 from adray.catalog import build_manifest
 from adray.detectors.bgad import BgadConfig, BgadTrainConfig
 from adray.detectors.bgad.detector import BgadDetector
-from adray.synthetic import generate_mvtec_ad
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.tiny_bgad import bottle_archive, tiny_model_config, tiny_train_config  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,28 +39,14 @@ LL_TOL = 1e-5
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("bgad-workers") / "mvtec")
-    generate_mvtec_ad(
-        root, categories=("bottle",), image_size=64, n_train=11, n_test_good=3, n_test_per_defect=2, seed=1
-    )
-    return root
+    return bottle_archive(root, image_size=64, n_train=11, n_test_good=3, n_test_per_defect=2, seed=1)
 
 
 def _configs(**train) -> tuple[BgadConfig, BgadTrainConfig]:
-    model = BgadConfig(
-        category="bottle", backbone="test_efficientnet", weights="random", image_size=64, n_blocks=2
-    )
     # chunk 999: odd, so the 2 workers' shards differ by one patch; levels of 16x16, 8x8, 4x4 patches
-    opts = dict(
-        meta_epochs=2,
-        sub_epochs=1,
-        batch_size=4,
-        chunk_size=999,
-        num_anomalies=3,
-        copy_paste_variants=1,
-        anomaly_repeats=2,
-    )
-    opts.update(train)
-    return model, BgadTrainConfig(**opts)
+    options = dict(meta_epochs=2, batch_size=4, chunk_size=999, num_anomalies=3)
+    options.update(copy_paste_variants=1, anomaly_repeats=2)
+    return tiny_model_config(image_size=64), tiny_train_config(**{**options, **train})
 
 
 def _validation_ll(artifact: str, dataset: str) -> list[torch.Tensor]:

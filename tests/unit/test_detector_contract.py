@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ from adray.detectors import registry
 from adray.detectors.artifact import read_artifact_config
 from adray.detectors.base import Detector, ScoreBatch
 from adray.synthetic import make_rgb_sample, make_xyz_sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.tiny_bgad import bottle_rows, fit_tiny_bgad  # noqa: E402
 
 #: how far one item scored alone may differ from the same item scored in a batch (float32 reductions
 #: in different orders; a batch-dependent normaliser would be off by far more)
@@ -81,23 +85,8 @@ def _winclip(tmp_path_factory) -> Case:
 
 
 def _bgad(tmp_path_factory) -> Case:
-    from adray.catalog import build_manifest
-    from adray.detectors.bgad import BgadConfig, BgadTrainConfig
-    from adray.detectors.bgad.session import fit_bgad_local
-    from adray.synthetic import generate_mvtec_ad
-
-    data = str(tmp_path_factory.mktemp("bgad-data"))
-    generate_mvtec_ad(
-        data, categories=("bottle",), image_size=48, n_train=8, n_test_good=1, n_test_per_defect=1
-    )
-    rows = build_manifest(data, "auto", categories=["bottle"])[0].to_pylist()
-    model_cfg = BgadConfig(
-        backbone="test_efficientnet", weights="random", image_size=32, n_blocks=2, category="bottle"
-    )
-    train_cfg = BgadTrainConfig(
-        meta_epochs=1, sub_epochs=1, batch_size=8, num_anomalies=1, anomaly_repeats=1, copy_paste_variants=1
-    )
-    det = fit_bgad_local(rows, model_cfg, train_cfg, device="cpu")
+    rows = bottle_rows(str(tmp_path_factory.mktemp("bgad-data")), n_train=8)
+    det = fit_tiny_bgad(rows, num_anomalies=1, anomaly_repeats=1, copy_paste_variants=1)
     return Case(det, _rgb_samples("bottle", 40, 1))
 
 

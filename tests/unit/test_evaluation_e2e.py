@@ -9,7 +9,7 @@ through the results schema, the run record through its validator, the BGAD artif
 from __future__ import annotations
 
 import json
-import uuid
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,9 @@ from adray.io.images import read_mask
 from adray.io.masks import decode_map_png16, encode_map_png16, mask_key
 from adray.pipeline.rows import build_run_record, results_table, write_run_record
 from adray.synthetic import generate_mvtec_ad
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.results_files import write_result_files  # noqa: E402
 
 SIZE = 48
 DETECTORS = ("winclip", "bgad")
@@ -89,17 +92,7 @@ def build_scored_dataset(root: Path) -> dict:
             for k, v in values.items():
                 cols[k].append(v)
     full = results_table({k: v for k, v in cols.items() if v})  # columns this fixture leaves unset: null
-    for det in DETECTORS:
-        part = full.filter(np.asarray(full.column("detector").to_pylist()) == det).drop(["detector", "date"])
-        path = (
-            Path(out)
-            / "results"
-            / f"detector={det}"
-            / "date=2026-01-01"
-            / f"run-1.{uuid.uuid4().hex}.parquet"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, path)
+    write_result_files(out, full, "run-1")
     record = build_run_record(
         run_id="run-1", started_at=pd_now(), finished_at=pd_now(), input_uri=manifest_uri, output=out,
         detectors=[{"name": "winclip", "version": "winclip-v1"}, {"name": "bgad", "version": "bgad-v1",

@@ -10,12 +10,11 @@ Scores are planted; the test is about evaluation, not detection.
 from __future__ import annotations
 
 import json
-import uuid
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -30,6 +29,9 @@ from adray.schemas import load_schema
 from adray.strategy.registry import register_model
 from adray.synthetic import generate_mvtec_ad
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.results_files import write_result_files  # noqa: E402
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -42,17 +44,7 @@ def _write_run(out: str, run_id: str, rows: list[dict], auto: dict, references: 
         for k in cols:
             cols[k].append(values.get(k))
     table = results_table(cols)
-    for det in sorted(set(table["detector"].to_pylist())):
-        part = table.filter(np.asarray(table["detector"].to_pylist()) == det).drop(["detector", "date"])
-        path = (
-            Path(out)
-            / "results"
-            / f"detector={det}"
-            / "date=2026-01-01"
-            / f"{run_id}.{uuid.uuid4().hex}.parquet"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, path)
+    write_result_files(out, table, run_id)
     record = build_run_record(
         run_id=run_id, started_at=at, finished_at=at, input_uri="manifest", output=out,
         detectors=[{"name": d, "version": f"{d}-v"} for d in sorted(set(table["detector"].to_pylist()))],

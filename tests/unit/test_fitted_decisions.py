@@ -4,11 +4,17 @@ written before decisions load as ``legacy`` (no pixel threshold)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from adray.detectors.thresholds import LEGACY, Decision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
+from tests.tiny_bgad import bottle_rows, fit_tiny_bgad, tiny_train_config  # noqa: E402
 
 
 def _pixel_rate(maps: np.ndarray, pixel_threshold: float) -> float:
@@ -17,32 +23,13 @@ def _pixel_rate(maps: np.ndarray, pixel_threshold: float) -> float:
 
 @pytest.fixture(scope="module")
 def bgad_fit(tmp_path_factory):
-    from adray.catalog import build_manifest
-    from adray.detectors.bgad import BgadConfig, BgadTrainConfig
     from adray.detectors.bgad.data import plan_fit
-    from adray.detectors.bgad.session import fit_bgad_local
-    from adray.synthetic import generate_mvtec_ad
 
-    data = str(tmp_path_factory.mktemp("bgad-data"))
-    generate_mvtec_ad(
-        data, categories=("bottle",), image_size=48, n_train=12, n_test_good=1, n_test_per_defect=1
-    )
-    rows = build_manifest(data, "auto", categories=["bottle"])[0].to_pylist()
-    model_cfg = BgadConfig(
-        backbone="test_efficientnet", weights="random", image_size=32, n_blocks=2, category="bottle"
-    )
-    train_cfg = BgadTrainConfig(
-        meta_epochs=1,
-        sub_epochs=1,
-        batch_size=8,
-        num_anomalies=0,
-        calibration_fraction=0.25,
-        target_fpr=0.34,
-        target_pixel_fpr=0.05,
-    )
+    rows = bottle_rows(str(tmp_path_factory.mktemp("bgad-data")), n_train=12)
+    options = dict(num_anomalies=0, calibration_fraction=0.25, target_fpr=0.34, target_pixel_fpr=0.05)
     torch.manual_seed(0)
-    det = fit_bgad_local(rows, model_cfg, train_cfg, device="cpu")
-    return det, plan_fit(rows, "bottle", train_cfg).calibration
+    det = fit_tiny_bgad(rows, **options)
+    return det, plan_fit(rows, "bottle", tiny_train_config(**options)).calibration
 
 
 def test_bgad_thresholds_hold_their_rates_on_the_heldout_normals(bgad_fit):

@@ -16,39 +16,22 @@ from adray.pipeline import decode
 from adray.pipeline.backlog import RETRY_STATUSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
-from tests.integration.s3_faults import FaultyS3  # noqa: E402
+from tests.integration import s3_faults  # noqa: E402
 
 FAST = {"attempts": 3, "base_delay": 0.01}
 
 
 @pytest.fixture(scope="module")
 def faulty():
-    server = FaultyS3().start()
-    yield server
-    server.stop()
+    yield from s3_faults.serve()
 
 
 @pytest.fixture
 def store(faulty, monkeypatch):
     """A bucket with one object on the faulty server; botocore's own retries off (AWS_MAX_ATTEMPTS=1) so
     that every GET the server logs is one attempt of adray's retry layer."""
-    import boto3
-
-    for k, v in {
-        "ADRAY_S3_ENDPOINT": faulty.endpoint,
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_REGION": "us-east-1",
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    bucket = f"faults-{uuid.uuid4().hex[:8]}"
-    faulty.rule = lambda m, b, k: None
-    client = boto3.client("s3", endpoint_url=faulty.endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    client.put_object(Bucket=bucket, Key="a.png", Body=b"PNG-BYTES")
-    yield bucket
-    faulty.rule = lambda m, b, k: None
+    yield faulty.bucket(monkeypatch, "faults", {"a.png": b"PNG-BYTES"}, AWS_MAX_ATTEMPTS="1")
+    faulty.passing()
 
 
 def _gets(faulty, bucket: str, key: str) -> list[str]:
@@ -114,7 +97,11 @@ fsspec.register_implementation("flaky", _FlakyFS, clobber=True)
 
 @pytest.mark.parametrize(
     "exc",
-    [TimeoutError("read timed out"), ConnectionResetError(104, "Connection reset by peer"), OSError(5, "EIO")],
+    [
+        TimeoutError("read timed out"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        OSError(5, "EIO"),
+    ],
 )
 def test_timeouts_and_resets_are_retried(exc):
     _FlakyFS.calls, _FlakyFS.failures = 0, [exc, exc]

@@ -4,7 +4,6 @@ number of times, not that number times botocore's times s3fs's. Loopback moto be
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -12,34 +11,22 @@ import pytest
 from adray import storage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: tests.* by package name
-from tests.integration.s3_faults import FaultyS3  # noqa: E402
+from tests.integration import s3_faults  # noqa: E402
 
 FAULTS = [503, "SlowDown", "reset"]  # before: 12, 60 and 12 GETs for read_object(attempts=3)
 
 
 @pytest.fixture(scope="module")
 def faulty():
-    server = FaultyS3().start()
-    yield server
-    server.stop()
+    yield from s3_faults.serve()
 
 
 @pytest.fixture
 def bucket(faulty, monkeypatch):
     """A bucket holding ``a.png``; ``AWS_MAX_ATTEMPTS`` unset, so botocore's default (3) would multiply."""
-    import boto3
-
-    env = {"ADRAY_S3_ENDPOINT": faulty.endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
-    for k, v in {**env, "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
-    name = f"retries-{uuid.uuid4().hex[:8]}"
-    faulty.rule = lambda m, b, k: None
-    client = boto3.client("s3", endpoint_url=faulty.endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=name)
-    client.put_object(Bucket=name, Key="a.png", Body=b"PNG-BYTES")
-    yield name
-    faulty.rule = lambda m, b, k: None
+    yield faulty.bucket(monkeypatch, "retries", {"a.png": b"PNG-BYTES"})
+    faulty.passing()
 
 
 def _fail(faulty, bucket: str, fault, method: str = "GET", key: str = "a.png") -> None:
