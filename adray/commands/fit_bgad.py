@@ -10,47 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Annotated, Any
-
-from pydantic import ConfigDict, Field
 
 from adray import storage
-from adray.config import Config, Flag, add_flags, flag_values
+from adray.config import add_flags, flag_values
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
 from adray.detectors.bgad.losses import LossConfig
 from adray.pipeline.cluster import add_address_argument, ensure_ray
 from adray.pipeline.spec import WEIGHT_KEYWORDS
+from adray.train.bgad_options import FitBgadOptions
 
 log = logging.getLogger(__name__)
-
-
-class FitBgadOptions(Config):
-    """The Ray Train flags of ``adray fit-bgad``: how :func:`adray.train.bgad.fit_bgad` runs (workers,
-    resources, run name and checkpoints), never what it fits. A bad value raises a one-line ConfigError."""
-
-    model_config = ConfigDict(title="fit-bgad options")
-
-    workers: Annotated[int, Flag("--workers")] = Field(
-        1, ge=0, description="Ray Train workers (0 = local mode in-process)"
-    )
-    gpus_per_worker: Annotated[float, Flag("--gpus-per-worker")] = Field(
-        0.0, ge=0, description=">0 uses NCCL on GPUs, else gloo on CPU"
-    )
-    cpus_per_worker: Annotated[float, Flag("--cpus-per-worker")] = Field(1.0, ge=0)
-    run_name: Annotated[str | None, Flag("--run-name")] = Field(
-        None,
-        description="Ray Train run name; the same name resumes from its last checkpoint (default: derived "
-        "from output + config, so rerunning the same command resumes)",
-    )
-    checkpoint_root: Annotated[str | None, Flag("--checkpoint-root")] = Field(
-        None, description="default: <parent of --output>/checkpoints"
-    )
-
-    def fit_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`adray.train.bgad.fit_bgad`, the checkpoint root made absolute (Ray
-        workers do not share the driver's working directory)."""
-        root = storage.absolute_url(self.checkpoint_root) if self.checkpoint_root else None
-        return {**self.model_dump(), "checkpoint_root": root}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
     ensure_ray(args.address)
     train, output = storage.absolute_url(args.train), storage.absolute_url(args.output)
     summary = fit_bgad(
-        train, output, model_cfg, train_cfg, **options.fit_kwargs(), fail_after_epoch=args.fail_after_epoch
+        train,
+        output,
+        model_cfg,
+        train_cfg,
+        options=options.absolute(),
+        fail_after_epoch=args.fail_after_epoch,
     )
     print(summary.to_text())
     print(summary.artifact_uri)

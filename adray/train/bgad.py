@@ -29,6 +29,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 from adray.detectors.base import content_hash  # noqa: E402
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig  # noqa: E402
 from adray.detectors.bgad.data import FitPlan, plan_fit  # noqa: E402
+from adray.train.bgad_options import FitBgadOptions  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +92,25 @@ def fit_bgad(
     model_cfg: BgadConfig,
     train_cfg: BgadTrainConfig,
     *,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-    run_name: str | None = None,
-    checkpoint_root: str | None = None,
+    options: FitBgadOptions | None = None,
     fail_after_epoch: int | None = None,
+    **changes: Any,
 ) -> FitSummary:
-    """Fit BGAD for ``model_cfg.category`` with ``workers`` Ray Train workers (0 = local mode, in-process).
+    """Fit BGAD for ``model_cfg.category`` with ``options.workers`` Ray Train workers (0 = local mode,
+    in-process).
 
-    Writes the artifact to ``output_uri`` and checkpoints to ``checkpoint_root/<run_name>`` (default
-    ``<parent of output>/checkpoints``). ``fail_after_epoch`` raises after that meta-epoch's checkpoint
-    (tests of resume only).
+    ``options``: workers, resources, run name and checkpoint root (:class:`FitBgadOptions`, its defaults
+    when not given); keyword ``changes`` set its fields (``workers=2, run_name="r"``, the keywords this
+    function took before); an unknown or bad one raises :class:`adray.errors.ConfigError`. Writes the
+    artifact to ``output_uri`` and checkpoints to ``checkpoint_root/<run_name>`` (default ``<parent of
+    output>/checkpoints``). ``fail_after_epoch`` raises after that meta-epoch's checkpoint (tests of
+    resume only).
     """
     from adray.detectors.base import read_artifact_config
     from adray.train.common import default_checkpoint_root
 
+    opts = (options or FitBgadOptions()).replace(**changes)
+    workers, gpus_per_worker, run_name = opts.workers, opts.gpus_per_worker, opts.run_name
     t0 = time.perf_counter()
     rows = load_rows(train_uri, model_cfg.category)
     plan = plan_fit(rows, model_cfg.category, train_cfg)  # validate on the driver, before starting workers
@@ -117,11 +121,11 @@ def fit_bgad(
         "plan": _plan_doc(plan),
         "output": output_uri,
         "run_name": run_name,
-        "cpus_per_worker": cpus_per_worker,
+        "cpus_per_worker": opts.cpus_per_worker,
         "use_gpu": gpus_per_worker > 0,
         "fail_after_epoch": fail_after_epoch,
     }
-    root = checkpoint_root or default_checkpoint_root(output_uri)
+    root = opts.checkpoint_root or default_checkpoint_root(output_uri)
     trainer = _trainer(loop_config, workers, gpus_per_worker, root)
     result = trainer.fit()
     metrics = dict(result.metrics or {})

@@ -15,7 +15,6 @@ import pytest
 from adray.backbones.vit_features import ViTConfig
 from adray.cli import build_parser, main
 from adray.commands.build_m3dm import config_from_args, options_from_args
-from adray.commands.fit_bgad import FitBgadOptions
 from adray.commands.winclip import WinClipCommandOptions
 from adray.config import flag_of, flag_values
 from adray.detectors.bgad.config import BgadConfig, BgadTrainConfig, configs_from_flags
@@ -23,6 +22,7 @@ from adray.detectors.bgad.losses import LossConfig
 from adray.detectors.m3dm.config import M3DMConfig, tiny_config
 from adray.detectors.winclip.config import WinClipConfig
 from adray.errors import ConfigError
+from adray.train.bgad_options import FitBgadOptions
 from adray.train.m3dm_options import M3DMBuildOptions
 
 MODELS = {
@@ -201,9 +201,13 @@ def test_fit_bgad_without_options_builds_the_default_configs_and_options():
     kwargs = options.fit_kwargs()
     from adray.train.bgad import fit_bgad
 
-    assert set(kwargs) <= set(inspect.signature(fit_bgad).parameters)
+    # fit_bgad takes the options (its old keywords set their fields): no default restated in its signature
+    params = inspect.signature(fit_bgad).parameters
+    assert "options" in params and not set(kwargs) & set(params)
+    assert FitBgadOptions().replace(**kwargs) == options
     root = FitBgadOptions(checkpoint_root="ckpt").fit_kwargs()["checkpoint_root"]
     assert root.endswith("/ckpt") and root != "ckpt"  # absolute: Ray workers have another directory
+    assert FitBgadOptions(checkpoint_root="ckpt").absolute().checkpoint_root == root
 
 
 def test_winclip_without_options_builds_the_default_config_and_options():
