@@ -9,6 +9,7 @@ import sys
 from adray.catalog import CatalogError
 from adray.config import add_flags, flag_values
 from adray.evaluation import EvalConfig, EvaluationError, evaluate, write_report
+from adray.evaluation.evaluate import DEFAULT_DATASET
 from adray.evaluation.published import DATASET_CATEGORIES
 from adray.evaluation.report import METRIC_LABELS
 from adray.storage import StorageError
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", action="append", default=None, help="only these detectors (repeatable)")
     parser.add_argument(
         "--dataset",
-        default="auto",
+        default=DEFAULT_DATASET,
         choices=["auto", "none", *DATASET_CATEGORIES],
         help="dataset for the published numbers; auto = recognise by category names",
     )

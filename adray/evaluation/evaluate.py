@@ -53,6 +53,10 @@ IMAGE_METRICS = ("image_auroc", "aupr", "f1_max")
 PIXEL_METRICS = ("pixel_auroc", "aupro")
 
 
+#: ``dataset`` of :func:`evaluate` (and ``adray evaluate --dataset``): recognise it by category names
+DEFAULT_DATASET = "auto"
+
+
 def evaluate(
     results_root: str,
     input_uri: str,
@@ -60,7 +64,7 @@ def evaluate(
     artifacts: list[str] | tuple[str, ...] = (),
     run_ids: list[str] | None = None,
     detectors: list[str] | None = None,
-    dataset: str | None = "auto",
+    dataset: str | None = DEFAULT_DATASET,
     config: EvalConfig | None = None,
 ) -> dict[str, Any]:
     """Join results with the manifest's ground truth and compute everything the report shows (JSON-ready)."""
