@@ -60,12 +60,15 @@ def test_rgb_plus_xyz_beats_rgb_on_3d_only_defects(results):
     assert both["3d_only"] > rgb["3d_only"] + 0.15
 
 
-def test_build_command_writes_a_loadable_artifact(ray_session, dataset, tmp_path):
+def test_build_command_writes_a_loadable_artifact(ray_session, tmp_path):
     from adray.cli import run_command
     from adray.detectors.base import load_detector
 
-    out = str(tmp_path / "xyz")
-    argv = ["--train", dataset, "--category", "cookie", "--output", out, "--mode", "xyz", "--tiny"]
+    # what the command writes, not how well it detects: a few items give the bank and the held-out normals
+    data, out = str(tmp_path / "data"), str(tmp_path / "xyz")
+    counts = {"n_train": 4, "n_validation": 2, "n_test_good": 1, "n_test_per_defect": 0}
+    generate_mvtec_3d(data, categories=("cookie",), **counts)
+    argv = ["--train", data, "--category", "cookie", "--output", out, "--mode", "xyz", "--tiny"]
     assert (
         run_command(
             "build-m3dm", argv + ["--weights", "random", "--point-weights", "random", "--workers", "1"]
@@ -74,6 +77,8 @@ def test_build_command_writes_a_loadable_artifact(ray_session, dataset, tmp_path
     )
     det = load_detector(out)
     assert det.config.mode == "xyz" and list(det.banks) == ["xyz"] and det.image_svm is None
+    meta = read_artifact_config(out)["metadata"]
+    assert (meta["n_bank_items"], meta["n_heldout_items"]) == (4, 2)
 
 
 def test_pipeline_scores_the_artifact(ray_session, dataset, results, tmp_path):
