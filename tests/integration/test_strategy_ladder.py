@@ -21,8 +21,10 @@ from adray.synthetic import generate_mvtec_3d, generate_mvtec_ad
 
 pytestmark = pytest.mark.integration
 
+# BGAD fits in-process (--workers 0, Ray Train's local mode): the ladder is under test here, the Ray Train
+# worker group is test_fit_bgad.py's (one group start less, ~20 s)
 BGAD = "--backbone test_efficientnet --weights random --image-size 64 --flow-blocks 2 --epochs 1 "
-BGAD += "--ml-epochs 0 --batch-size 8 --chunk-size 1024 --copy-paste-variants 0 --workers 1"
+BGAD += "--ml-epochs 0 --batch-size 8 --chunk-size 1024 --copy-paste-variants 0 --workers 0"
 M3DM = "--mode xyz --tiny --weights random --point-weights random --workers 1"
 WINCLIP = ["--weights", "random", "--detector-option", "model_name=adray-tiny-clip"]
 
