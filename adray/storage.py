@@ -28,6 +28,7 @@ import fsspec
 
 from adray import job_env
 from adray.storage_errors import (  # noqa: F401 - re-exported: adray.storage is the public module
+    PYARROW_TRANSIENT_MESSAGES,
     AccessDeniedError,
     StorageError,
     TransientStorageError,

@@ -19,6 +19,14 @@ _TRANSIENT_MARKERS = (
     "Throttl",
     "503",
     "500",
+    "502",
+    "504",
+    "Bad Gateway",
+    "Gateway Timeout",
+    "INTERNAL_FAILURE",  # pyarrow's spellings (its AWS SDK error kinds)
+    "NETWORK_CONNECTION",
+    "SLOW_DOWN",
+    "SERVICE_UNAVAILABLE",
     "Connection reset",
     "Connection aborted",
     "timed out",
@@ -33,6 +41,21 @@ _TRANSIENT_MARKERS = (
     "reduce your request rate",
 )
 
+
+#: pyarrow's S3 errors worth retrying, as its messages spell them, for a retry layer that matches message
+#: text (Ray Data's ``DataContext.retried_io_errors``, whose defaults leave out 500, 502 and 504 and the
+#: throttling text some stores send): the same failures :func:`is_transient` retries elsewhere.
+PYARROW_TRANSIENT_MESSAGES = (
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error SLOW_DOWN",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "AWS Error UNKNOWN (HTTP status 500)",
+    "AWS Error UNKNOWN (HTTP status 502)",
+    "AWS Error UNKNOWN (HTTP status 503)",
+    "AWS Error UNKNOWN (HTTP status 504)",
+    "Reduce your request rate",
+)
 
 #: errno values s3fs gives 5xx and throttling answers (503/SlowDown: EBUSY, 500: EREMOTEIO).
 _TRANSIENT_ERRNOS = (errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN)
@@ -66,8 +89,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(m in text for m in _TRANSIENT_MARKERS)
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(m.lower() in text for m in _TRANSIENT_MARKERS)
 
 
 def is_missing(exc: BaseException) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from adray import job_env
+from adray import job_env, storage
 from adray.pipeline.decode import decode_batch, merge_passes
 from adray.pipeline.results_store import PARTITION_COLS, ResultsStore, result_file_stem
 from adray.pipeline.rows import finalize_batch
@@ -135,14 +135,20 @@ def _scoring_detectors(jobs: list[DetectorPass]) -> dict[str, Any]:
 
 def write_results(ds: Any, output: str, run_id: str) -> None:
     """``write_parquet`` into ``results/`` partitioned by detector and date; file names start with the run id."""
+    from ray.data import DataContext
     from ray.data.datasource import FilenameProvider
 
     class RunFilenameProvider(FilenameProvider):
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
             return result_file_stem(run_id, write_uuid, task_index)
 
-    # Ray Data's Parquet writer retries a failed file write (DataContext.retried_io_errors, 10 attempts):
-    # the only retry layer, so pyarrow sends each request once
+    # Ray Data's Parquet writer retries a failed file write and its directory checks (the datasink's
+    # filesystem, DataContext.retried_io_errors, 10 attempts): the only retry layer, so pyarrow sends each
+    # request once. Its default messages miss 500/502/504 (a HeadObject 500 failed a whole run), so every
+    # transient answer storage retries elsewhere is added; the datasink reads the context when built.
+    context = DataContext.get_current()
+    known = list(context.retried_io_errors)
+    context.retried_io_errors = known + [m for m in storage.PYARROW_TRANSIENT_MESSAGES if m not in known]
     fs, path = ResultsStore(output).results_filesystem(attempts=1)
     ds.write_parquet(
         path,
