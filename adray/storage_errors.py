@@ -116,7 +116,19 @@ def read_failure(exc: BaseException) -> str:
     for code in ("500", "502", "503", "504", "InternalError", "ServiceUnavailable"):
         if code in text:
             return f"server error {code} ({type(exc).__name__})"
+    for code, words in _STATUS_WORDS.items():  # s3fs gives some 5xx as their reason phrase only
+        if words in text.lower():
+            return f"server error {code} ({type(exc).__name__})"
     return f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
+
+
+#: 5xx reason phrases, lower case (``OSError: [Errno 16] Service Unavailable`` from s3fs)
+_STATUS_WORDS = {
+    "500": "internal server error",
+    "502": "bad gateway",
+    "503": "service unavailable",
+    "504": "gateway timeout",
+}
 
 
 def _redact(exc: BaseException) -> str:

@@ -45,3 +45,17 @@ def test_the_added_messages_are_what_storage_calls_transient():
         assert storage.is_transient(
             OSError(f"When getting information for key 'k': {message} during HeadObject")
         )
+
+
+@pytest.mark.parametrize(
+    "exc,kind",
+    [
+        (OSError(16, "Service Unavailable"), "server error 503"),  # s3fs: the reason phrase only
+        (OSError(121, "Internal Server Error"), "server error 500"),
+        (OSError("AWS Error UNKNOWN (HTTP status 502) during GetObject"), "server error 502"),
+        (PermissionError("Forbidden"), "access refused"),
+    ],
+)
+def test_read_failures_name_their_kind_not_the_servers_prose(exc, kind):
+    assert storage.read_failure(exc).startswith(kind)
+    assert storage.is_transient(exc) == (kind != "access refused")
