@@ -10,37 +10,14 @@ from typing import NoReturn
 
 from adray.storage_urls import redact_text, redact_url
 
-#: Errors worth retrying: network hiccups, throttling and 5xx answers from object stores.
-_TRANSIENT_MARKERS = (
-    "SlowDown",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "Throttl",
-    "503",
-    "500",
-    "502",
-    "504",
-    "Bad Gateway",
-    "Gateway Timeout",
-    "INTERNAL_FAILURE",  # pyarrow's spellings (its AWS SDK error kinds)
-    "NETWORK_CONNECTION",
-    "SLOW_DOWN",
-    "SERVICE_UNAVAILABLE",
-    "Connection reset",
-    "Connection aborted",
-    "timed out",
-    "Temporary failure",
-    "ConnectionClosed",
-    "EndpointConnectionError",
-    "ReadTimeout",
-    "ConnectTimeout",
-    "IncompleteRead",
-    "ServerDisconnected",
-    "ClientPayloadError",
-    "reduce your request rate",
-)
-
+#: 5xx reason phrases, lower case: s3fs gives some answers as the phrase only (``OSError: [Errno 16]
+#: Service Unavailable``); :func:`is_transient` retries them and :func:`read_failure` names their status.
+_STATUS_WORDS = {
+    "500": "internal server error",
+    "502": "bad gateway",
+    "503": "service unavailable",
+    "504": "gateway timeout",
+}
 
 #: pyarrow's S3 errors worth retrying, as its messages spell them, for a retry layer that matches message
 #: text (Ray Data's ``DataContext.retried_io_errors``, whose defaults leave out 500, 502 and 504 and the
@@ -56,6 +33,36 @@ PYARROW_TRANSIENT_MESSAGES = (
     "AWS Error UNKNOWN (HTTP status 504)",
     "Reduce your request rate",
 )
+
+#: Throttling answers, lower case (S3's ``SlowDown``, pyarrow's ``SLOW_DOWN``, the stores' prose).
+_THROTTLE_MARKERS = ("slowdown", "slow_down", "throttl", "reduce your request rate")
+
+#: Errors worth retrying (matched case-insensitively): network hiccups, throttling and 5xx answers from
+#: object stores, in botocore's, s3fs's and pyarrow's spellings.
+_TRANSIENT_MARKERS = (
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "503",
+    "500",
+    "502",
+    "504",
+    "Connection reset",
+    "Connection aborted",
+    "timed out",
+    "Temporary failure",
+    "ConnectionClosed",
+    "EndpointConnectionError",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "IncompleteRead",
+    "ServerDisconnected",
+    "ClientPayloadError",
+    *_THROTTLE_MARKERS,
+    *_STATUS_WORDS.values(),
+    *PYARROW_TRANSIENT_MESSAGES,
+)
+
 
 #: errno values s3fs gives 5xx and throttling answers (503/SlowDown: EBUSY, 500: EREMOTEIO).
 _TRANSIENT_ERRNOS = (errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN)
@@ -107,7 +114,7 @@ def read_failure(exc: BaseException) -> str:
     text = f"{type(exc).__name__} {exc}"
     if isinstance(exc, PermissionError) or any(m in text for m in ("AccessDenied", "403", "Forbidden")):
         return f"access refused ({type(exc).__name__})"
-    if any(m in text for m in ("SlowDown", "Throttl", "reduce your request rate")):
+    if any(m in text.lower() for m in _THROTTLE_MARKERS):
         return f"throttled ({type(exc).__name__})"
     if isinstance(exc, TimeoutError) or any(m in text for m in ("timed out", "Timeout")):
         return f"timed out ({type(exc).__name__})"
@@ -120,15 +127,6 @@ def read_failure(exc: BaseException) -> str:
         if words in text.lower():
             return f"server error {code} ({type(exc).__name__})"
     return f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
-
-
-#: 5xx reason phrases, lower case (``OSError: [Errno 16] Service Unavailable`` from s3fs)
-_STATUS_WORDS = {
-    "500": "internal server error",
-    "502": "bad gateway",
-    "503": "service unavailable",
-    "504": "gateway timeout",
-}
 
 
 def _redact(exc: BaseException) -> str:

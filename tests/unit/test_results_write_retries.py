@@ -54,6 +54,8 @@ def test_the_added_messages_are_what_storage_calls_transient():
         (OSError(121, "Internal Server Error"), "server error 500"),
         (OSError("AWS Error UNKNOWN (HTTP status 502) during GetObject"), "server error 502"),
         (PermissionError("Forbidden"), "access refused"),
+        (RuntimeError("Service Unavailable"), "server error 503"),  # the phrase alone, no errno: retried too
+        (OSError("AWS Error SLOW_DOWN during GetObject: Reduce your request rate"), "throttled"),
     ],
 )
 def test_read_failures_name_their_kind_not_the_servers_prose(exc, kind):
